@@ -1,0 +1,3 @@
+from gjp.cli import main
+
+main()

@@ -1,0 +1,219 @@
+"""The ``gjp`` command: thin click wrappers over the library.
+
+Commands parse options, call one library function, print the output path on stdout and a
+summary on stderr. Heavy libraries are imported inside the commands, so ``gjp --help``
+starts fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from gjp import __version__
+from gjp.errors import GjpError
+
+#: The pipeline, in order; ``gjp --help`` lists the implemented steps in this order.
+PIPELINE = ("fetch", "tile", "simplify", "bbox", "visibility", "pack-h5", "mktask", "embed-tags",
+            "pretrain", "embed", "probe", "knn", "score", "info")
+
+
+class PipelineGroup(click.Group):
+    def list_commands(self, ctx):
+        known = set(self.commands)
+        return [c for c in PIPELINE if c in known] + sorted(known - set(PIPELINE))
+
+
+def _reporter(quiet: bool):
+    from gjp.ui import Reporter
+
+    ctx = click.get_current_context()
+    return Reporter(quiet=quiet or bool(ctx.find_root().params.get("quiet")))
+
+
+def _workers(workers: int | None) -> int:
+    from gjp.parallel import default_workers
+
+    return default_workers() if workers is None else max(1, workers)
+
+
+def common(fn):
+    """Options every step shares."""
+    fn = click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")(fn)
+    fn = click.option("--overwrite", is_flag=True, help="Replace an existing output.")(fn)
+    return fn
+
+
+def workers_option(fn):
+    return click.option("--workers", type=click.IntRange(min=1), default=None,
+                        help="Processes to use (default: all cores). Outputs do not depend on it.")(fn)
+
+
+@click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="gjp")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summaries (any step).")
+@click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+def cli(quiet: bool, debug: bool):
+    """gjp: GeoJEPA over OpenStreetMap and aerial imagery, as composable steps.
+
+    Each step reads and writes files in the current directory (the workspace) by default,
+    so the steps chain with no options at all.
+
+    \b
+    Example, from an OSM extract to entity graphs:
+      gjp tile monaco.osm.pbf -o tiles/
+      gjp simplify && gjp bbox && gjp visibility
+    """
+
+
+@cli.command("tile")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("tiles"), show_default=True,
+              help="Output directory of group files (14_X_Y.parquet).")
+@click.option("--zoom", type=int, default=16, show_default=True, help="Tile zoom; files group zoom-2 tiles.")
+@click.option("--min-entities", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Drop tiles with fewer entities.")
+@click.option("--max-entities", type=click.IntRange(min=1), default=1250, show_default=True,
+              help="Drop tiles with more entities.")
+@click.option("--node-index", default="flex_mem", show_default=True,
+              help="pyosmium node-location index: flex_mem suits city and state extracts; "
+                   "'sparse_file_array,FILE' or 'dense_file_array,FILE' keep a country's nodes on disk.")
+@click.option("--tag-filter", "tag_filter_file", type=click.Path(path_type=Path),
+              help="File of key patterns to drop (one per line; '!pattern' keeps), replacing the defaults.")
+@click.option("--drop-tag", multiple=True, metavar="PATTERN", help="Also drop keys matching PATTERN (repeatable).")
+@click.option("--keep-tag", multiple=True, metavar="PATTERN", help="Keep keys matching PATTERN even if dropped.")
+@workers_option
+@common
+def tile_cmd(inputs, output, zoom, min_entities, max_entities, node_index, tag_filter_file, drop_tag,
+             keep_tag, workers, overwrite, quiet):
+    """Cut OSM extracts into z16 tiles, one GeoParquet file per 4×4 group.
+
+    INPUTS are .osm.pbf, .osm or .osm.bz2 files (told apart by content). Every tagged
+    node, way and relation becomes an entity in every tile its geometry intersects,
+    clipped to the tile. Several overlapping extracts may be given; an entity seen twice
+    in the same tile is kept once.
+
+    \b
+    Example:
+      gjp tile ca.osm.pbf -o tiles/
+      gjp tile monaco.osm.pbf --min-entities 1 --drop-tag 'addr:*' -o tiles/
+    """
+    from gjp.osm.tiling import tile_osm
+    from gjp.tagfilter import TagFilter
+
+    reporter = _reporter(quiet)
+    tag_filter = TagFilter.from_options(tag_filter_file, drop_tag, keep_tag)
+    report = tile_osm(list(inputs), output, zoom=zoom, tag_filter=tag_filter, min_entities=min_entities,
+                      max_entities=max_entities, node_index=node_index, workers=_workers(workers),
+                      overwrite=overwrite, reporter=reporter)
+    reporter.info(report.summary())
+    click.echo(str(output))
+
+
+@cli.command("simplify")
+@click.option("-i", "--input", "input_dir", type=click.Path(path_type=Path), default=Path("tiles"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("simplified"), show_default=True)
+@click.option("--tolerance", type=float, default=0.3, show_default=True, help="Douglas–Peucker tolerance in metres.")
+@workers_option
+@common
+def simplify_cmd(input_dir, output, tolerance, workers, overwrite, quiet):
+    """Add `local`: each geometry in its tile's frame, simplified.
+
+    The frame is x east, y north, origin at the tile's south-west corner, 1.0 = the
+    tile's width. Simplification is topology-preserving Douglas–Peucker with a tolerance
+    in metres.
+
+    \b
+    Example:
+      gjp simplify -i tiles/ -o simplified/ --tolerance 0.3
+    """
+    from gjp.geometry.simplify import simplify
+
+    reporter = _reporter(quiet)
+    report = simplify(input_dir, output, tolerance_m=tolerance, workers=_workers(workers),
+                      overwrite=overwrite, reporter=reporter)
+    reporter.info(f"simplified {report.rows} entities in {report.files} files")
+    click.echo(str(output))
+
+
+@cli.command("bbox")
+@click.option("-i", "--input", "input_dir", type=click.Path(path_type=Path), default=Path("simplified"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("boxed"), show_default=True)
+@click.option("--min-side", type=float, default=1.5, show_default=True, help="Smallest box side in metres.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the point boxes' rotations.")
+@workers_option
+@common
+def bbox_cmd(input_dir, output, min_side, seed, workers, overwrite, quiet):
+    """Add each entity's minimum-area rotated rectangle (its min box).
+
+    Exact rotating calipers over the convex hull; sides are at least --min-side metres;
+    points get a square with a seeded random rotation. Stored as 4 corners (8 numbers)
+    plus width, height, area and angle, in tile units.
+
+    \b
+    Example:
+      gjp bbox -i simplified/ -o boxed/
+    """
+    from gjp.geometry.minbox import bbox
+
+    reporter = _reporter(quiet)
+    report = bbox(input_dir, output, min_side_m=min_side, seed=seed, workers=_workers(workers),
+                  overwrite=overwrite, reporter=reporter)
+    reporter.info(f"boxed {report.rows} entities in {report.files} files")
+    click.echo(str(output))
+
+
+@cli.command("visibility")
+@click.option("-i", "--input", "input_dir", type=click.Path(path_type=Path), default=Path("boxed"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("graphs"), show_default=True)
+@click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Visible partners kept per vertex.")
+@workers_option
+@common
+def visibility_cmd(input_dir, output, k, workers, overwrite, quiet):
+    """Add each entity's graph: vertices, geometry edges and visibility edges.
+
+    For entities of two or more parts (polygons, holes, line pieces, relation members),
+    each vertex is joined to its k nearest vertices of other parts that it can see (the
+    segment between them crosses no edge of the entity).
+
+    \b
+    Example:
+      gjp visibility -i boxed/ -o graphs/ --k 1
+    """
+    from gjp.geometry.visibility import visibility
+
+    reporter = _reporter(quiet)
+    report = visibility(input_dir, output, k=k, workers=_workers(workers), overwrite=overwrite,
+                        reporter=reporter)
+    reporter.info(f"built graphs of {report.rows} entities in {report.files} files")
+    click.echo(str(output))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors (``gjp: error: …``), tracebacks only with ``--debug``."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="gjp", standalone_mode=False)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("gjp: interrupted", err=True)
+        sys.exit(130)
+    except GjpError as err:
+        if debug:
+            raise
+        click.echo(f"gjp: error: {err}", err=True)
+        sys.exit(1)
+    except OSError as err:
+        if debug:
+            raise
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"gjp: error: {where}{err.strerror or err}", err=True)
+        sys.exit(1)

@@ -1,0 +1,287 @@
+"""``gjp visibility``: each entity's graph, with visibility edges between its parts.
+
+Graph of an entity (from its ``local`` geometry):
+
+* **parts**: every point, every line piece, every polygon ring (exterior and holes) of
+  every member, in geometry order;
+* **vertices**: the parts' coordinates; a ring's closing vertex is not repeated;
+* **geometry edges**: consecutive vertices of a part, plus last → first for rings;
+* **visibility edges** (PolygonGNN's heterogeneous visibility graph, for entities with at
+  least two parts): vertex *a* is joined to the *k* nearest vertices *b* of *other* parts
+  that it can see. *a* sees *b* when the segment *ab* meets no edge of the entity anywhere
+  except within ``eps`` of *a* or *b* (so edges ending at *a* or *b* do not block, but
+  crossing, touching or running along any edge does). Candidates are taken in order of
+  distance, ties by vertex index; the result (undirected, each pair once, sorted) is
+  deterministic. Open lines are not closed for this test: a line's wrap-around is not
+  an obstacle.
+
+The kernel runs over all entities of a file in one numba call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import pyarrow as pa
+import shapely
+
+from gjp.errors import GjpError
+from gjp.stages import StageReport, add_columns, run_stage
+from gjp.ui import QUIET, Reporter
+
+DEFAULT_K = 1
+#: Tolerance of the visibility test, in tile units (≈ 0.5 mm on a z16 tile).
+DEFAULT_EPS = 1e-6
+#: Candidates tried by a linear scan before sorting all of them.
+_SCAN_FIRST = 8
+
+
+# --------------------------------------------------------------------------- graph structure
+
+def _explode(geoms: np.ndarray):
+    """Flatten to simple parts (Point, LineString, LinearRing) with the entity of each."""
+    parts, owner = shapely.get_parts(geoms, return_index=True)
+    while True:
+        types = shapely.get_type_id(parts)
+        nested = (types >= 4)  # Multi* and GeometryCollection
+        if not nested.any():
+            break
+        inner, inner_owner = shapely.get_parts(parts[nested], return_index=True)
+        # keep the order: a nested part's pieces take its place
+        slot = np.flatnonzero(nested)[inner_owner]
+        keep_slot = np.flatnonzero(~nested)
+        order = np.argsort(np.concatenate([keep_slot, slot]), kind="stable")
+        parts = np.concatenate([parts[~nested], inner])[order]
+        owner = np.concatenate([owner[~nested], owner[nested][inner_owner]])[order]
+    types = shapely.get_type_id(parts)
+    polys = types == 3
+    if polys.any():
+        rings, ring_owner = shapely.get_rings(parts[polys], return_index=True)
+        slot = np.flatnonzero(polys)[ring_owner]
+        keep_slot = np.flatnonzero(~polys)
+        order = np.argsort(np.concatenate([keep_slot, slot]), kind="stable")
+        parts = np.concatenate([parts[~polys], rings])[order]
+        owner = np.concatenate([owner[~polys], owner[polys][ring_owner]])[order]
+    return parts, owner
+
+
+def entity_graphs(geoms: np.ndarray):
+    """Vertices and geometry edges of every entity, as flat arrays with CSR offsets.
+
+    Returns ``vertices [V,2]``, ``vertex_part [V]`` (part index within its entity),
+    ``vertex_offsets [E+1]``, ``edges [M,2]`` (global vertex indices) and
+    ``edge_offsets [E+1]``.
+    """
+    n = len(geoms)
+    parts, owner = _explode(geoms)
+    coords, cindex = shapely.get_coordinates(parts, return_index=True)
+    counts = np.bincount(cindex, minlength=len(parts))
+    is_ring = shapely.get_type_id(parts) == 2
+    # drop each ring's repeated closing vertex
+    keep = np.ones(len(coords), dtype=bool)
+    ends = np.cumsum(counts) - 1
+    drop = is_ring & (counts > 1)
+    keep[ends[drop]] = False
+    counts = counts - drop
+    vertices = np.ascontiguousarray(coords[keep])
+    part_of_vertex = np.repeat(np.arange(len(parts)), counts)
+    entity_of_vertex = owner[part_of_vertex]
+
+    vertex_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(entity_of_vertex, minlength=n), out=vertex_offsets[1:])
+    # part index within the entity: parts are grouped by entity in order
+    first_part = np.zeros(n, dtype=np.int64)
+    part_counts = np.bincount(owner, minlength=n)
+    first_part[1:] = np.cumsum(part_counts)[:-1]
+    vertex_part = (part_of_vertex - first_part[entity_of_vertex]).astype(np.int32)
+
+    # geometry edges: i → i+1 inside a part, and last → first for rings of ≥ 3 vertices
+    part_start = np.zeros(len(parts), dtype=np.int64)
+    part_start[1:] = np.cumsum(counts)[:-1]
+    same_part = np.zeros(len(vertices), dtype=bool)
+    same_part[:-1] = part_of_vertex[1:] == part_of_vertex[:-1]
+    a = np.flatnonzero(same_part)
+    closing = np.flatnonzero(is_ring & (counts >= 3))
+    ca = part_start[closing] + counts[closing] - 1
+    cb = part_start[closing]
+    edges = np.concatenate([np.column_stack([a, a + 1]), np.column_stack([ca, cb])]).astype(np.int64)
+    # every vertex starts at most one edge, so the start vertex orders edges by entity,
+    # part and position, the closing edge last
+    edges = edges[np.argsort(edges[:, 0], kind="stable")]
+    edge_entity = entity_of_vertex[edges[:, 0]]
+    edge_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(edge_entity, minlength=n), out=edge_offsets[1:])
+    return vertices, vertex_part, vertex_offsets, np.ascontiguousarray(edges), edge_offsets
+
+
+# --------------------------------------------------------------------------- the kernel
+
+@numba.njit(cache=True, inline="always")
+def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
+    """Whether edge cd meets segment ab at a point farther than eps from both a and b."""
+    rx, ry = bx - ax, by - ay
+    sx, sy = dx - cx, dy - cy
+    qx, qy = cx - ax, cy - ay
+    denom = rx * sy - ry * sx
+    slen = math.hypot(sx, sy)
+    if abs(denom) > 1e-12 * length * slen:
+        t = (qx * sy - qy * sx) / denom
+        u = (qx * ry - qy * rx) / denom
+        if t < 0.0 or t > 1.0 or u < -1e-12 or u > 1.0 + 1e-12:
+            return False
+        return t * length > eps and (1.0 - t) * length > eps
+    # parallel: blocks only if collinear and overlapping away from a and b
+    if abs(qx * ry - qy * rx) > eps * length:
+        return False
+    l2 = length * length
+    tc = (qx * rx + qy * ry) / l2
+    td = ((dx - ax) * rx + (dy - ay) * ry) / l2
+    lo = max(min(tc, td), eps / length)
+    hi = min(max(tc, td), 1.0 - eps / length)
+    return lo < hi
+
+
+@numba.njit(cache=True)
+def _visible(a, b, vertices, edges, e0, e1, eps):
+    ax, ay = vertices[a, 0], vertices[a, 1]
+    bx, by = vertices[b, 0], vertices[b, 1]
+    length = math.hypot(bx - ax, by - ay)
+    if length <= 2.0 * eps:
+        return True  # no point of ab is far from both ends
+    minx, maxx = min(ax, bx) - eps, max(ax, bx) + eps
+    miny, maxy = min(ay, by) - eps, max(ay, by) + eps
+    for m in range(e0, e1):
+        c, d = edges[m, 0], edges[m, 1]
+        cx, cy = vertices[c, 0], vertices[c, 1]
+        dx, dy = vertices[d, 0], vertices[d, 1]
+        if max(cx, dx) < minx or min(cx, dx) > maxx or max(cy, dy) < miny or min(cy, dy) > maxy:
+            continue
+        if _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def visibility_kernel(vertices, vertex_part, vertex_offsets, edges, edge_offsets, k, eps):
+    """Visibility edges of all entities: ``(pairs [P,2] global vertex indices, sorted and
+    unique per entity; offsets [E+1])``."""
+    n = len(vertex_offsets) - 1
+    out = np.empty((max(len(vertices) * k, 1), 2), dtype=np.int64)
+    counts = np.zeros(n, dtype=np.int64)
+    filled = 0
+    for e in range(n):
+        v0, v1 = vertex_offsets[e], vertex_offsets[e + 1]
+        nv = v1 - v0
+        if nv < 2:
+            continue
+        multi = False
+        for v in range(v0 + 1, v1):
+            if vertex_part[v] != vertex_part[v0]:
+                multi = True
+                break
+        if not multi:
+            continue
+        e0, e1 = edge_offsets[e], edge_offsets[e + 1]
+        start = filled
+        dist = np.empty(nv)
+        for a in range(v0, v1):
+            for j in range(nv):
+                b = v0 + j
+                if vertex_part[b] == vertex_part[a]:
+                    dist[j] = np.inf
+                else:
+                    dx = vertices[b, 0] - vertices[a, 0]
+                    dy = vertices[b, 1] - vertices[a, 1]
+                    dist[j] = dx * dx + dy * dy
+            found = 0
+            tried = 0
+            # nearest first: a short linear scan, then (rarely) a full stable sort
+            while found < k and tried < _SCAN_FIRST:
+                best, best_d = -1, np.inf
+                for j in range(nv):
+                    if dist[j] < best_d:
+                        best, best_d = j, dist[j]
+                if best < 0:
+                    break
+                dist[best] = np.inf
+                tried += 1
+                if _visible(a, v0 + best, vertices, edges, e0, e1, eps):
+                    b = v0 + best
+                    out[filled, 0], out[filled, 1] = min(a, b), max(a, b)
+                    filled += 1
+                    found += 1
+            if found < k and tried == _SCAN_FIRST:
+                order = np.argsort(dist, kind="mergesort")
+                for j in order:
+                    if found >= k or dist[j] == np.inf:
+                        break
+                    if _visible(a, v0 + j, vertices, edges, e0, e1, eps):
+                        b = v0 + j
+                        out[filled, 0], out[filled, 1] = min(a, b), max(a, b)
+                        filled += 1
+                        found += 1
+        # sort this entity's pairs and drop duplicates (a↔b found from both ends)
+        m = filled - start
+        if m > 0:
+            keys = out[start:filled, 0] * (len(vertices) + 1) + out[start:filled, 1]
+            order = np.argsort(keys, kind="mergesort")
+            sorted_pairs = out[start:filled][order].copy()
+            w = 0
+            for i in range(m):
+                if i == 0 or sorted_pairs[i, 0] != sorted_pairs[i - 1, 0] or sorted_pairs[i, 1] != sorted_pairs[i - 1, 1]:
+                    out[start + w, 0], out[start + w, 1] = sorted_pairs[i, 0], sorted_pairs[i, 1]
+                    w += 1
+            filled = start + w
+        counts[e] = filled - start
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    for e in range(n):
+        offsets[e + 1] = offsets[e] + counts[e]
+    return out[:filled].copy(), offsets
+
+
+def visibility_edges(geoms: np.ndarray, k: int = DEFAULT_K, eps: float = DEFAULT_EPS):
+    """Graphs with visibility edges for local geometries (see the module doc).
+
+    Returns ``(vertices, vertex_part, vertex_offsets, geometry_edges, edge_offsets,
+    visibility_pairs, visibility_offsets)``; edge arrays hold global vertex indices.
+    """
+    vertices, vertex_part, voff, edges, eoff = entity_graphs(geoms)
+    pairs, poff = visibility_kernel(vertices, vertex_part, voff, edges, eoff, k, eps)
+    return vertices, vertex_part, voff, edges, eoff, pairs, poff
+
+
+# --------------------------------------------------------------------------- the step
+
+def _nested(values: np.ndarray, offsets: np.ndarray, width: int, dtype) -> pa.Array:
+    """Rows of ``width``-wide items as list<fixed_size_list<dtype, width>>."""
+    flat = pa.array(values.reshape(-1), type=dtype)
+    items = pa.FixedSizeListArray.from_arrays(flat, width)
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), items)
+
+
+def visibility_table(table: pa.Table, zoom: int, k: int = DEFAULT_K, eps: float = DEFAULT_EPS) -> pa.Table:
+    geoms = shapely.from_wkb(table.column("local").to_numpy(zero_copy_only=False))
+    vertices, vertex_part, voff, edges, eoff, pairs, poff = visibility_edges(geoms, k, eps)
+    # store edges with entity-local vertex indices
+    entity_of_edge = np.repeat(np.arange(len(geoms)), np.diff(eoff))
+    local_edges = edges - voff[entity_of_edge][:, None]
+    entity_of_pair = np.repeat(np.arange(len(geoms)), np.diff(poff))
+    local_pairs = pairs - voff[entity_of_pair][:, None]
+    return add_columns(table, {
+        "vertices": _nested(vertices, voff, 2, pa.float64()),
+        "vertex_part": pa.ListArray.from_arrays(pa.array(voff, pa.int32()), pa.array(vertex_part, pa.int32())),
+        "geometry_edges": _nested(local_edges.astype(np.int32), eoff, 2, pa.int32()),
+        "visibility_edges": _nested(local_pairs.astype(np.int32), poff, 2, pa.int32()),
+    })
+
+
+def visibility(input_dir="boxed", output_dir="graphs", *, k: int = DEFAULT_K, eps: float = DEFAULT_EPS,
+               workers: int = 1, overwrite: bool = False, reporter: Reporter = QUIET) -> StageReport:
+    """``gjp visibility``: add each entity's graph to every group file of ``input_dir``."""
+    if k < 1:
+        raise GjpError(f"--k must be at least 1, got {k}")
+    # the min box comes first in the pipeline, so a graphs/ directory always has it
+    return run_stage("visibility", visibility_table, input_dir, output_dir, require=("local", "min_box"),
+                     params={"k": k, "eps": eps}, workers=workers, overwrite=overwrite, reporter=reporter)

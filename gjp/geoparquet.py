@@ -1,0 +1,144 @@
+"""Tile-group files: GeoParquet 1.1, one row per (entity, tile), one file per group tile.
+
+Every OSM step reads and writes this one format; each step only adds columns (see
+``docs/FORMATS.md``). The ``geo`` metadata declares ``geometry`` (lon/lat, OGC:CRS84, with a
+``bbox`` covering column) and, once ``gjp simplify`` has run, ``local`` (tile units, no CRS).
+The ``gjp`` metadata records the format version, the zoom and the provenance of every step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import shapely
+
+from gjp.errors import GjpError
+
+FORMAT = "gjp-tiles"
+FORMAT_VERSION = 1
+GROUP_FILE = re.compile(r"^\d{1,2}_\d+_\d+\.parquet$")
+
+#: The columns ``gjp tile`` writes, in order.
+BASE_SCHEMA = pa.schema([
+    ("tile", pa.string()),
+    ("group", pa.string()),
+    ("osm_type", pa.string()),
+    ("osm_id", pa.int64()),
+    ("kind", pa.string()),
+    ("tags", pa.map_(pa.string(), pa.string())),
+    ("geometry", pa.binary()),
+    ("bbox", pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()),
+                        ("xmax", pa.float64()), ("ymax", pa.float64())])),
+])
+
+_GEOMETRY_TYPES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint",
+                   5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+@lru_cache(maxsize=1)
+def _crs84_projjson() -> dict:
+    import pyproj
+
+    return pyproj.CRS("OGC:CRS84").to_json_dict()
+
+
+def bbox_column(geoms: np.ndarray) -> pa.StructArray:
+    b = shapely.bounds(geoms)
+    return pa.StructArray.from_arrays(
+        [pa.array(b[:, i], pa.float64()) for i in range(4)], names=["xmin", "ymin", "xmax", "ymax"])
+
+
+def _geometry_types(geoms: np.ndarray) -> list[str]:
+    ids = np.unique(shapely.get_type_id(geoms))
+    return [_GEOMETRY_TYPES[int(i)] for i in ids if int(i) in _GEOMETRY_TYPES]
+
+
+def geo_metadata(table: pa.Table) -> dict:
+    """The GeoParquet ``geo`` metadata of a table. Columns already described in the table's
+    own metadata (read from an earlier step's file) are reused: steps only add columns."""
+    known = json.loads((table.schema.metadata or {}).get(b"geo", b"{}")).get("columns", {})
+    columns = {}
+    if "geometry" in known:
+        columns["geometry"] = known["geometry"]
+    else:
+        geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+        b = shapely.total_bounds(geoms) if len(geoms) else np.zeros(4)
+        columns["geometry"] = {
+            "encoding": "WKB",
+            "geometry_types": _geometry_types(geoms),
+            "crs": _crs84_projjson(),
+            "bbox": [float(v) for v in b],
+            "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+        }
+    if "local" in known:
+        columns["local"] = known["local"]
+    elif "local" in table.column_names:
+        local = shapely.from_wkb(table.column("local").to_numpy(zero_copy_only=False))
+        # Tile units (x east, y north, 1.0 = tile width): an engineering frame, so no CRS.
+        columns["local"] = {"encoding": "WKB", "geometry_types": _geometry_types(local), "crs": None}
+    return {"version": "1.1.0", "primary_column": "geometry", "columns": columns}
+
+
+def write_group_file(table: pa.Table, path: Path, gjp_meta: dict) -> None:
+    """Write one group file with its ``geo`` and ``gjp`` metadata."""
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = json.dumps(geo_metadata(table), sort_keys=True).encode()
+    meta[b"gjp"] = json.dumps(gjp_meta, sort_keys=True).encode()
+    pq.write_table(table.replace_schema_metadata(meta), path, compression="zstd")
+
+
+def list_group_files(directory: str | Path) -> list[Path]:
+    """The group files of a tiles/… directory, sorted; clear errors when there are none."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise GjpError(f"{directory}: no such directory")
+    if not directory.is_dir():
+        raise GjpError(f"{directory}: not a directory")
+    try:
+        names = sorted(p for p in directory.iterdir() if GROUP_FILE.match(p.name))
+    except OSError as err:
+        raise GjpError(f"{directory}: cannot read directory ({err.strerror or err})") from err
+    if not names:
+        raise GjpError(f"{directory}: no tile group files (14_X_Y.parquet) in it")
+    return names
+
+
+def check_group_file(path: Path, require: tuple[str, ...] = ()) -> dict:
+    """Check a group file's format, version and columns from its footer alone; return its
+    ``gjp`` metadata."""
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as err:
+        raise GjpError(f"{path}: not a readable Parquet file ({err})") from err
+    raw = (schema.metadata or {}).get(b"gjp")
+    if raw is None:
+        raise GjpError(f"{path}: not a gjp tile group file (no gjp metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise GjpError(f"{path}: not a gjp tile group file (format {meta.get('format')!r})")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise GjpError(
+            f"{path}: tile format version {meta.get('format_version')} but this gjp reads "
+            f"version {FORMAT_VERSION}; re-run the pipeline from `gjp tile`")
+    missing = [c for c in require if c not in schema.names]
+    if missing:
+        last = meta.get("steps", [{}])[-1].get("step", "?")
+        raise GjpError(f"{path}: has no column {', '.join(missing)} (made by `gjp {last}`; "
+                       "run the steps in order: tile, simplify, bbox, visibility)")
+    return meta
+
+
+def read_group_file(path: Path, require: tuple[str, ...] = ()) -> tuple[pa.Table, dict]:
+    """Read a group file and its ``gjp`` metadata, checking format and required columns."""
+    meta = check_group_file(path, require)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as err:
+        raise GjpError(f"{path}: not a readable Parquet file ({err})") from err
+    return table, meta

@@ -1,0 +1,71 @@
+"""Outputs that are atomic, never silently overwritten, and carry their provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from gjp import __version__
+from gjp.errors import GjpError
+
+
+def command_line() -> str:
+    """The command that is running, as a user would retype it."""
+    argv = list(sys.argv)
+    if argv:
+        argv[0] = Path(argv[0]).name
+    return shlex.join(argv)
+
+
+def provenance(step: str, params: dict) -> dict:
+    """What every output records about how it was made (no clock time: outputs of the same
+    inputs and parameters must be byte-identical)."""
+    return {"step": step, "gjp_version": __version__, "command": command_line(), "params": params}
+
+
+def check_output_free(path: Path, overwrite: bool) -> None:
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir() and not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise GjpError(f"{path}: already exists (use --overwrite to replace it)")
+
+
+@contextlib.contextmanager
+def atomic_directory(final: str | Path, overwrite: bool = False):
+    """Yield a staging directory that becomes ``final`` only when the block succeeds.
+
+    A crash or Ctrl-C leaves ``final`` as it was (absent, or the previous run's output), so a
+    later step never reads half a directory.
+    """
+    final = Path(final)
+    check_output_free(final, overwrite)
+    parent = final.parent if str(final.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GjpError(f"{parent}: cannot create output directory ({err.strerror or err})") from err
+    staging = parent / f".{final.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if final.exists():
+        old = parent / f".{final.name}.old-{os.getpid()}"
+        final.rename(old)
+        staging.rename(final)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    else:
+        staging.rename(final)

@@ -1,0 +1,71 @@
+"""Run a per-file step over a directory of tile-group files (``simplify``, ``bbox``,
+``visibility``): each group file is read, given new columns, and written under the same
+name into the output directory, in parallel over files, atomically as a whole."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from gjp.geoparquet import check_group_file, list_group_files, read_group_file, write_group_file
+from gjp.io import atomic_directory, provenance
+from gjp.parallel import map_jobs
+from gjp.ui import QUIET, Reporter
+
+#: ``transform(table, zoom, **params) -> table`` with the step's columns added.
+Transform = Callable[..., pa.Table]
+
+
+@dataclass
+class StageReport:
+    files: int = 0
+    rows: int = 0
+
+
+def run_stage(step: str, transform: Transform, input_dir: str | Path, output_dir: str | Path, *,
+              require: tuple[str, ...], params: dict, workers: int = 1, overwrite: bool = False,
+              reporter: Reporter = QUIET) -> StageReport:
+    files = list_group_files(input_dir)
+    # Check every input up front so a bad file fails the step before anything is written.
+    for path in files:
+        check_group_file(path, require)
+    report = StageReport(files=len(files))
+    with atomic_directory(output_dir, overwrite) as staging:
+        jobs = [(step, transform, path, staging / path.name, require, params) for path in files]
+        bar = reporter.progress(total=len(jobs), desc=step, unit=" file")
+        report.rows = sum(map_jobs(_run_one, jobs, workers, bar))
+        bar.close()
+    return report
+
+
+def _run_one(job) -> int:
+    step, transform, src, dst, require, params = job
+    table, meta = read_group_file(src, require)
+    zoom = int(meta["zoom"])
+    out = transform(table, zoom, **params)
+    assert out.num_rows == table.num_rows, f"{step} must keep every row"
+    meta = dict(meta)
+    meta["steps"] = [*meta.get("steps", []), provenance(step, params)]
+    write_group_file(out, dst, meta)
+    return out.num_rows
+
+
+def add_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
+    """``table`` with ``columns`` appended (replacing same-named ones from an earlier run,
+    whose GeoParquet description is then dropped so that it is made anew)."""
+    replaced = [name for name in columns if name in table.column_names]
+    if replaced:
+        meta = dict(table.schema.metadata or {})
+        if b"geo" in meta:
+            geo = json.loads(meta[b"geo"])
+            for name in replaced:
+                geo.get("columns", {}).pop(name, None)
+            meta[b"geo"] = json.dumps(geo).encode()
+        table = table.drop_columns(replaced).replace_schema_metadata(meta)
+    for name, values in columns.items():
+        table = table.append_column(name, values)
+    return table

@@ -1,0 +1,27 @@
+"""Talking to the user: logs and progress bars on stderr, silenced by ``-q``.
+
+Library functions take an optional :class:`Reporter`; from Python the default one is quiet.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class Reporter:
+    quiet: bool = True
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def progress(self, iterable=None, *, total=None, desc: str = "", unit: str = "it"):
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=self.quiet,
+                    file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+QUIET = Reporter(quiet=True)

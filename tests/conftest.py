@@ -1,0 +1,64 @@
+"""Shared test helpers: OSM fixtures from inline OPL text, and the real extracts."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import osmium
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+def opl_to_pbf(text: str, path: Path) -> Path:
+    """Write OPL text (pyosmium's one-object-per-line format) as an .osm.pbf file."""
+    text = textwrap.dedent(text).strip() + "\n"
+    buffer = osmium.io.FileBuffer(text.encode(), "opl")
+    objects = []
+    with osmium.SimpleWriter(str(path)) as writer:
+        for obj in osmium.FileProcessor(buffer):
+            objects.append(obj)
+            if obj.is_node():
+                writer.add_node(obj)
+            elif obj.is_way():
+                writer.add_way(obj)
+            elif obj.is_relation():
+                writer.add_relation(obj)
+    return path
+
+
+@pytest.fixture
+def opl(tmp_path):
+    """``opl(text) -> Path`` of a fresh .osm.pbf holding the OPL objects."""
+    counter = iter(range(1000))
+
+    def make(text: str) -> Path:
+        return opl_to_pbf(text, tmp_path / f"case{next(counter)}.osm.pbf")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def boston():
+    return DATA / "us_ma_boston_2020-08.osm.pbf"
+
+
+@pytest.fixture(scope="session")
+def kotka():
+    return DATA / "fi_kotka_karhula_2019-04.osm.pbf"
+
+
+@pytest.fixture(scope="session")
+def monaco():
+    return DATA / "mc_monaco_2023-12.osm.pbf"
+
+
+@pytest.fixture(scope="session")
+def columbus_circle():
+    return DATA / "us_ny_columbus_circle_2023-03.osm.pbf"
+
+
+@pytest.fixture(scope="session")
+def west_oakland():
+    return DATA / "us_ca_west_oakland_2016.osm.bz2"

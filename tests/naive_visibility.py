@@ -1,0 +1,63 @@
+"""A deliberately naive, pure-Python statement of the visibility-edge rule of
+``gjp.geometry.visibility`` (DESIGN §1), used as the reference the numba kernel must match.
+
+For every vertex a: sort the vertices of other parts by (squared distance, index) and keep
+the first k that a sees. a sees b when no edge (c, d) of the entity meets the segment ab at
+a point farther than eps from both a and b.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def meets_away_from_ends(a, b, c, d, eps):
+    (ax, ay), (bx, by), (cx, cy), (dx, dy) = a, b, c, d
+    rx, ry = bx - ax, by - ay
+    sx, sy = dx - cx, dy - cy
+    length = math.hypot(rx, ry)
+    cross = rx * sy - ry * sx
+    if abs(cross) > 1e-12 * length * math.hypot(sx, sy):
+        # the lines cross at a + t·r = c + u·s
+        t = ((cx - ax) * sy - (cy - ay) * sx) / cross
+        u = ((cx - ax) * ry - (cy - ay) * rx) / cross
+        if not (0.0 <= t <= 1.0 and -1e-12 <= u <= 1.0 + 1e-12):
+            return False
+        return t * length > eps and (1.0 - t) * length > eps
+    # parallel: only a collinear overlap can block
+    if abs((cx - ax) * ry - (cy - ay) * rx) > eps * length:
+        return False
+    tc = ((cx - ax) * rx + (cy - ay) * ry) / (length * length)
+    td = ((dx - ax) * rx + (dy - ay) * ry) / (length * length)
+    lo = max(min(tc, td), eps / length)
+    hi = min(max(tc, td), 1.0 - eps / length)
+    return lo < hi
+
+
+def sees(vertices, edges, a, b, eps):
+    pa, pb = vertices[a], vertices[b]
+    if math.hypot(pb[0] - pa[0], pb[1] - pa[1]) <= 2 * eps:
+        return True
+    return not any(meets_away_from_ends(pa, pb, vertices[c], vertices[d], eps) for c, d in edges)
+
+
+def naive_visibility_edges(vertices, parts, edges, k=1, eps=1e-6):
+    """Sorted list of (i, j), i < j: the visibility edges of one entity."""
+    vertices = [tuple(map(float, v)) for v in vertices]
+    parts = list(parts)
+    edges = [tuple(e) for e in edges]
+    if len(set(parts)) < 2:
+        return []
+    found = set()
+    for a in range(len(vertices)):
+        candidates = sorted(
+            ((vertices[b][0] - vertices[a][0]) ** 2 + (vertices[b][1] - vertices[a][1]) ** 2, b)
+            for b in range(len(vertices)) if parts[b] != parts[a])
+        kept = 0
+        for _, b in candidates:
+            if kept == k:
+                break
+            if sees(vertices, edges, a, b, eps):
+                found.add((min(a, b), max(a, b)))
+                kept += 1
+    return sorted(found)
