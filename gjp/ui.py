@@ -20,7 +20,8 @@ class Reporter:
     def progress(self, iterable=None, *, total=None, desc: str = "", unit: str = "it"):
         from tqdm import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=self.quiet,
+        # disable=None: no bars when stderr is not a terminal (logs stay free of \r junk)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True if self.quiet else None,
                     file=sys.stderr, leave=False, dynamic_ncols=True)
 
 

@@ -115,7 +115,6 @@ def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = gr
         writers: dict[int, pq.ParquetWriter] = {}
         try:
             for source, (path, fmt) in enumerate(checked):
-                reporter.info(f"reading {path}")
                 try:
                     chunks = read_osm(path, tag_filter, file_format=fmt, node_index=node_index,
                                       report=report.read, reporter=reporter)

@@ -1,0 +1,143 @@
+"""The command line as users meet it: help, chaining with defaults, errors, atomicity,
+determinism."""
+
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from gjp import stages
+from gjp.geometry.simplify import simplify
+from gjp.osm.tiling import tile_osm
+
+
+def gjp(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "gjp", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, env=env)
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("gjp: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_steps_in_pipeline_order():
+    result = gjp("--help")
+    assert result.returncode == 0
+    commands = result.stdout.split("Commands:")[1].split()
+    names = [w for w in commands if w in {"tile", "simplify", "bbox", "visibility"}]
+    assert names == ["tile", "simplify", "bbox", "visibility"]
+
+
+@pytest.mark.parametrize("step", ["tile", "simplify", "bbox", "visibility"])
+def test_every_help_ends_with_an_example(step):
+    result = gjp(step, "--help")
+    assert result.returncode == 0
+    assert "Example" in result.stdout and f"gjp {step}" in result.stdout
+
+
+def test_the_steps_chain_with_default_paths(boston, tmp_path):
+    assert gjp("-q", "tile", boston, "-o", "tiles/", cwd=tmp_path).returncode == 0
+    for step, out in (("simplify", "simplified"), ("bbox", "boxed"), ("visibility", "graphs")):
+        result = gjp(step, "-q", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == out  # the output path on stdout
+        assert sorted(p.name for p in (tmp_path / out).iterdir()) == sorted(
+            p.name for p in (tmp_path / "tiles").iterdir())
+
+
+def test_missing_input_file(tmp_path):
+    assert_clean_error(gjp("tile", tmp_path / "nope.osm.pbf", "-o", tmp_path / "t"), "nope.osm.pbf", "no such file")
+    assert not (tmp_path / "t").exists()
+
+
+def test_text_file_named_pbf(tmp_path):
+    bad = tmp_path / "notes.osm.pbf"
+    bad.write_text("these are my notes, not OpenStreetMap data\n")
+    assert_clean_error(gjp("tile", bad, "-o", tmp_path / "t"), "notes.osm.pbf", "not an OSM file")
+    assert not (tmp_path / "t").exists()
+
+
+def test_truncated_pbf(monaco, tmp_path):
+    cut = tmp_path / "cut.osm.pbf"
+    cut.write_bytes(monaco.read_bytes()[: 300_000])
+    assert_clean_error(gjp("tile", cut, "-o", tmp_path / "t"), "cut.osm.pbf", "truncated")
+    assert sorted(os.listdir(tmp_path)) == ["cut.osm.pbf"]  # nothing left behind
+
+
+def test_unreadable_or_missing_input_directories(tmp_path):
+    assert_clean_error(gjp("simplify", "-i", tmp_path / "nope", "-o", tmp_path / "s"), "no such directory")
+    (tmp_path / "file").write_text("x")
+    assert_clean_error(gjp("simplify", "-i", tmp_path / "file", "-o", tmp_path / "s"), "not a directory")
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(gjp("bbox", "-i", tmp_path / "empty", "-o", tmp_path / "s"), "no tile group files")
+    if os.geteuid() != 0:  # root reads anything
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0)
+        assert_clean_error(gjp("simplify", "-i", locked, "-o", tmp_path / "s"), "cannot read")
+    assert not (tmp_path / "s").exists()
+
+
+def test_steps_out_of_order(boston, tmp_path):
+    tile_osm([boston], tmp_path / "tiles")
+    assert_clean_error(gjp("visibility", "-i", tmp_path / "tiles", "-o", tmp_path / "g"),
+                       "has no column", "run the steps in order")
+
+
+def test_existing_output_needs_overwrite(boston, tmp_path):
+    out = tmp_path / "tiles"
+    assert gjp("-q", "tile", boston, "-o", out).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert_clean_error(gjp("tile", boston, "-o", out), "already exists", "--overwrite")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert gjp("-q", "tile", boston, "-o", out, "--overwrite").returncode == 0
+
+
+def test_a_failure_midway_leaves_no_partial_output(boston, tmp_path, monkeypatch):
+    tile_osm([boston], tmp_path / "tiles", min_entities=1)
+    calls = []
+    original = stages.write_group_file
+
+    def fail_on_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kw)
+
+    monkeypatch.setattr(stages, "write_group_file", fail_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        simplify(tmp_path / "tiles", tmp_path / "simplified", workers=1)
+    assert sorted(os.listdir(tmp_path)) == ["tiles"]
+
+
+def test_outputs_are_byte_identical_across_runs_and_worker_counts(monaco, tmp_path):
+    for name, workers in (("a", 1), ("b", 1), ("c", 2)):
+        ws = tmp_path / name
+        ws.mkdir()
+        assert gjp("-q", "tile", monaco, "-o", "tiles/", "--workers", workers, cwd=ws).returncode == 0
+        for step in ("simplify", "bbox", "visibility"):
+            assert gjp("-q", step, "--workers", workers, cwd=ws).returncode == 0
+    for step in ("tiles", "simplified", "boxed", "graphs"):
+        a, b, c = ({p.name: p for p in (tmp_path / ws / step).iterdir()} for ws in "abc")
+        assert a.keys() == b.keys() == c.keys() and len(a) > 1
+        for name in a:
+            assert a[name].read_bytes() == b[name].read_bytes(), f"{step}/{name}"
+            # with other --workers only the recorded command line differs
+            ta, tc = pq.read_table(a[name]), pq.read_table(c[name])
+            assert ta.equals(tc)
+            meta_a, meta_c = ta.schema.metadata[b"gjp"], tc.schema.metadata[b"gjp"]
+            assert meta_a.replace(b"--workers 1", b"--workers 2") == meta_c
+
+
+def test_bad_options_are_explained(tmp_path, boston):
+    assert_clean_error(gjp("tile", boston, "-o", tmp_path / "t", "--node-index", "magic"), "--node-index")
+    assert_clean_error(gjp("tile", boston, "-o", tmp_path / "t", "--min-entities", "9", "--max-entities", "3"),
+                       "--min-entities")
