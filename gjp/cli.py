@@ -192,6 +192,28 @@ def visibility_cmd(input_dir, output, k, workers, overwrite, quiet):
     click.echo(str(output))
 
 
+@cli.command("info")
+@click.argument("path", type=click.Path(path_type=Path), default=Path("graphs"))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info_cmd(path, as_json):
+    """Summarise a gjp output: tiles, entities, tags, graphs.
+
+    PATH is a directory of tile group files (tiles/, simplified/, boxed/, graphs/) or one
+    group file; default graphs/.
+
+    \b
+    Example:
+      gjp info graphs/
+      gjp info tiles/14_8530_5979.parquet --json
+    """
+    import json
+
+    from gjp.summary import format_summary, summarize_tiles
+
+    summary = summarize_tiles(path)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors (``gjp: error: …``), tracebacks only with ``--debug``."""
     args = sys.argv[1:] if argv is None else argv

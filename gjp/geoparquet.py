@@ -24,6 +24,11 @@ FORMAT = "gjp-tiles"
 FORMAT_VERSION = 1
 GROUP_FILE = re.compile(r"^\d{1,2}_\d+_\d+\.parquet$")
 
+BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
+#: Low-cardinality columns worth dictionary encoding (the rest it only slows down).
+_DICTIONARY_COLUMNS = ("tile", "group", "osm_type", "kind", "tags.key_value.key", "tags.key_value.value")
+#: Columns whose min/max statistics let readers skip data (the bbox covering above all).
+_STATISTICS_COLUMNS = ("tile", "group", "osm_type", "osm_id", "kind", *(f"bbox.{f}" for f in BBOX_FIELDS))
 #: The columns ``gjp tile`` writes, in order.
 BASE_SCHEMA = pa.schema([
     ("tile", pa.string()),
@@ -33,8 +38,7 @@ BASE_SCHEMA = pa.schema([
     ("kind", pa.string()),
     ("tags", pa.map_(pa.string(), pa.string())),
     ("geometry", pa.binary()),
-    ("bbox", pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()),
-                        ("xmax", pa.float64()), ("ymax", pa.float64())])),
+    ("bbox", pa.struct([(f, pa.float64()) for f in BBOX_FIELDS])),
 ])
 
 _GEOMETRY_TYPES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint",
@@ -46,12 +50,6 @@ def _crs84_projjson() -> dict:
     import pyproj
 
     return pyproj.CRS("OGC:CRS84").to_json_dict()
-
-
-def bbox_column(geoms: np.ndarray) -> pa.StructArray:
-    b = shapely.bounds(geoms)
-    return pa.StructArray.from_arrays(
-        [pa.array(b[:, i], pa.float64()) for i in range(4)], names=["xmin", "ymin", "xmax", "ymax"])
 
 
 def _geometry_types(geoms: np.ndarray) -> list[str]:
@@ -74,15 +72,29 @@ def geo_metadata(table: pa.Table) -> dict:
             "geometry_types": _geometry_types(geoms),
             "crs": _crs84_projjson(),
             "bbox": [float(v) for v in b],
-            "covering": {"bbox": {k: ["bbox", k] for k in ("xmin", "ymin", "xmax", "ymax")}},
+            "covering": {"bbox": {k: ["bbox", k] for k in BBOX_FIELDS}},
         }
     if "local" in known:
         columns["local"] = known["local"]
     elif "local" in table.column_names:
-        local = shapely.from_wkb(table.column("local").to_numpy(zero_copy_only=False))
-        # Tile units (x east, y north, 1.0 = tile width): an engineering frame, so no CRS.
-        columns["local"] = {"encoding": "WKB", "geometry_types": _geometry_types(local), "crs": None}
+        columns["local"] = _local_description(
+            shapely.from_wkb(table.column("local").to_numpy(zero_copy_only=False)))
     return {"version": "1.1.0", "primary_column": "geometry", "columns": columns}
+
+
+def describe_local(table: pa.Table, local: np.ndarray) -> pa.Table:
+    """Record the GeoParquet description of the ``local`` column from geometries already
+    at hand, so that writing need not decode them again."""
+    meta = dict(table.schema.metadata or {})
+    geo = json.loads(meta.get(b"geo", b"{}"))
+    geo.setdefault("columns", {})["local"] = _local_description(local)
+    meta[b"geo"] = json.dumps(geo).encode()
+    return table.replace_schema_metadata(meta)
+
+
+def _local_description(local: np.ndarray) -> dict:
+    # Tile units (x east, y north, 1.0 = tile width): an engineering frame, so no CRS.
+    return {"encoding": "WKB", "geometry_types": _geometry_types(local), "crs": None}
 
 
 def write_group_file(table: pa.Table, path: Path, gjp_meta: dict) -> None:
@@ -90,7 +102,9 @@ def write_group_file(table: pa.Table, path: Path, gjp_meta: dict) -> None:
     meta = dict(table.schema.metadata or {})
     meta[b"geo"] = json.dumps(geo_metadata(table), sort_keys=True).encode()
     meta[b"gjp"] = json.dumps(gjp_meta, sort_keys=True).encode()
-    pq.write_table(table.replace_schema_metadata(meta), path, compression="zstd")
+    pq.write_table(table.replace_schema_metadata(meta), path, compression="zstd",
+                   use_dictionary=[c for c in _DICTIONARY_COLUMNS if c.split(".")[0] in table.column_names],
+                   write_statistics=[c for c in _STATISTICS_COLUMNS if c.split(".")[0] in table.column_names])
 
 
 def list_group_files(directory: str | Path) -> list[Path]:
@@ -116,6 +130,10 @@ def check_group_file(path: Path, require: tuple[str, ...] = ()) -> dict:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as err:
         raise GjpError(f"{path}: not a readable Parquet file ({err})") from err
+    return _check_schema(path, schema, require)
+
+
+def _check_schema(path: Path, schema: pa.Schema, require: tuple[str, ...]) -> dict:
     raw = (schema.metadata or {}).get(b"gjp")
     if raw is None:
         raise GjpError(f"{path}: not a gjp tile group file (no gjp metadata)")
@@ -136,9 +154,10 @@ def check_group_file(path: Path, require: tuple[str, ...] = ()) -> dict:
 
 def read_group_file(path: Path, require: tuple[str, ...] = ()) -> tuple[pa.Table, dict]:
     """Read a group file and its ``gjp`` metadata, checking format and required columns."""
-    meta = check_group_file(path, require)
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
+        meta = _check_schema(path, file.schema_arrow, require)
+        table = file.read()
     except (OSError, pa.ArrowException) as err:
         raise GjpError(f"{path}: not a readable Parquet file ({err})") from err
     return table, meta

@@ -1,9 +1,15 @@
 """A deliberately naive, pure-Python statement of the visibility-edge rule of
 ``gjp.geometry.visibility`` (DESIGN §1), used as the reference the numba kernel must match.
 
-For every vertex a: sort the vertices of other parts by (squared distance, index) and keep
-the first k that a sees. a sees b when no edge (c, d) of the entity meets the segment ab at
-a point farther than eps from both a and b.
+Literally the definition, in two stages (as PolygonGNN describes its visibility graph):
+first the full visibility graph (every pair of vertices of different parts, tested against
+every edge of the entity: O(V²·E)), then, for every vertex, its k nearest visible partners
+by (squared distance, index). a sees b when no edge (c, d) of the entity meets the segment
+ab at a point farther than eps from both a and b.
+
+The kernel searches nearest-first and stops early; sharing none of that structure makes
+this an independent check. ``nearest_first_visibility_edges`` is the same search as the
+kernel in plain Python, for the benchmark's second comparison.
 """
 
 from __future__ import annotations
@@ -15,9 +21,9 @@ def meets_away_from_ends(a, b, c, d, eps):
     (ax, ay), (bx, by), (cx, cy), (dx, dy) = a, b, c, d
     rx, ry = bx - ax, by - ay
     sx, sy = dx - cx, dy - cy
-    length = math.hypot(rx, ry)
+    length = math.sqrt(rx * rx + ry * ry)
     cross = rx * sy - ry * sx
-    if abs(cross) > 1e-12 * length * math.hypot(sx, sy):
+    if abs(cross) > 1e-12 * length * math.sqrt(sx * sx + sy * sy):
         # the lines cross at a + t·r = c + u·s
         t = ((cx - ax) * sy - (cy - ay) * sx) / cross
         u = ((cx - ax) * ry - (cy - ay) * rx) / cross
@@ -36,9 +42,14 @@ def meets_away_from_ends(a, b, c, d, eps):
 
 def sees(vertices, edges, a, b, eps):
     pa, pb = vertices[a], vertices[b]
-    if math.hypot(pb[0] - pa[0], pb[1] - pa[1]) <= 2 * eps:
+    rx, ry = pb[0] - pa[0], pb[1] - pa[1]
+    if math.sqrt(rx * rx + ry * ry) <= 2 * eps:
         return True
     return not any(meets_away_from_ends(pa, pb, vertices[c], vertices[d], eps) for c, d in edges)
+
+
+def _distance2(vertices, a, b):
+    return (vertices[b][0] - vertices[a][0]) ** 2 + (vertices[b][1] - vertices[a][1]) ** 2
 
 
 def naive_visibility_edges(vertices, parts, edges, k=1, eps=1e-6):
@@ -46,13 +57,32 @@ def naive_visibility_edges(vertices, parts, edges, k=1, eps=1e-6):
     vertices = [tuple(map(float, v)) for v in vertices]
     parts = list(parts)
     edges = [tuple(e) for e in edges]
+    n = len(vertices)
+    if len(set(parts)) < 2:
+        return []
+    visible = {a: [] for a in range(n)}
+    for a in range(n):
+        for b in range(a + 1, n):
+            if parts[a] != parts[b] and sees(vertices, edges, a, b, eps):
+                visible[a].append(b)
+                visible[b].append(a)
+    found = set()
+    for a in range(n):
+        for b in sorted(visible[a], key=lambda b: (_distance2(vertices, a, b), b))[:k]:
+            found.add((min(a, b), max(a, b)))
+    return sorted(found)
+
+
+def nearest_first_visibility_edges(vertices, parts, edges, k=1, eps=1e-6):
+    """The same edges, searched like the kernel: candidates nearest first, stop at k."""
+    vertices = [tuple(map(float, v)) for v in vertices]
+    parts = list(parts)
+    edges = [tuple(e) for e in edges]
     if len(set(parts)) < 2:
         return []
     found = set()
     for a in range(len(vertices)):
-        candidates = sorted(
-            ((vertices[b][0] - vertices[a][0]) ** 2 + (vertices[b][1] - vertices[a][1]) ** 2, b)
-            for b in range(len(vertices)) if parts[b] != parts[a])
+        candidates = sorted((_distance2(vertices, a, b), b) for b in range(len(vertices)) if parts[b] != parts[a])
         kept = 0
         for _, b in candidates:
             if kept == k:

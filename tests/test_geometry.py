@@ -8,7 +8,7 @@ import shapely
 
 from gjp.geometry.minbox import min_boxes, unit_hash
 from gjp.geometry.visibility import entity_graphs, visibility_edges
-from naive_visibility import naive_visibility_edges
+from naive_visibility import naive_visibility_edges, nearest_first_visibility_edges
 
 
 def boxes(geoms, min_side=0.0, unit=None):
@@ -118,6 +118,7 @@ def test_kernel_matches_naive_reference_on_random_multipolygons(k):
         v0, v1 = voff[e], voff[e + 1]
         local_edges = (edges[eoff[e]:eoff[e + 1]] - v0).tolist()
         expected = naive_visibility_edges(vertices[v0:v1], part[v0:v1], local_edges, k=k)
+        assert nearest_first_visibility_edges(vertices[v0:v1], part[v0:v1], local_edges, k=k) == expected
         assert (pairs[poff[e]:poff[e + 1]] - v0).tolist() == [list(p) for p in expected]
 
 

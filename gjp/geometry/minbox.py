@@ -35,7 +35,7 @@ DEFAULT_MIN_SIDE_M = 1.5
 _OSM_TYPE_CODE = {"node": 0, "way": 1, "relation": 2}
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def min_area_rectangles(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Per entity (hull vertices ``coords[offsets[e]:offsets[e+1]]``, no repeated closing
     vertex): centre x, centre y, width, height, angle of the width side (radians, any

@@ -13,6 +13,7 @@ import pyarrow as pa
 import shapely
 
 from gjp.errors import GjpError
+from gjp.geoparquet import describe_local
 from gjp.geometry.frame import lonlat_to_local, metres_to_units, tile_xy
 from gjp.stages import StageReport, add_columns, run_stage
 from gjp.ui import QUIET, Reporter
@@ -27,7 +28,8 @@ def simplify_table(table: pa.Table, zoom: int, tolerance_m: float = DEFAULT_TOLE
     local = lonlat_to_local(geoms, x, y, zoom)
     if tolerance_m > 0:
         local = shapely.simplify(local, metres_to_units(tolerance_m, y, zoom), preserve_topology=True)
-    return add_columns(table, {"local": pa.array(shapely.to_wkb(local), pa.binary())})
+    table = add_columns(table, {"local": pa.array(shapely.to_wkb(local), pa.binary())})
+    return describe_local(table, local)
 
 
 def simplify(input_dir="tiles", output_dir="simplified", *, tolerance_m: float = DEFAULT_TOLERANCE_M,

@@ -118,21 +118,18 @@ def entity_graphs(geoms: np.ndarray):
 
 # --------------------------------------------------------------------------- the kernel
 
-@numba.njit(cache=True, inline="always")
-def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
-    """Whether edge cd meets segment ab at a point farther than eps from both a and b."""
-    rx, ry = bx - ax, by - ay
-    sx, sy = dx - cx, dy - cy
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _parallel(rx, ry, sx, sy, length):
+    """Whether directions r (of length ``length``) and s are parallel (to 1e-12)."""
+    slen = math.sqrt(sx * sx + sy * sy)
+    return abs(rx * sy - ry * sx) <= 1e-12 * length * slen
+
+
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps):
+    """For cd parallel to ab (= a + r): whether cd lies on ab's line and overlaps ab
+    farther than eps from both a and b."""
     qx, qy = cx - ax, cy - ay
-    denom = rx * sy - ry * sx
-    slen = math.hypot(sx, sy)
-    if abs(denom) > 1e-12 * length * slen:
-        t = (qx * sy - qy * sx) / denom
-        u = (qx * ry - qy * rx) / denom
-        if t < 0.0 or t > 1.0 or u < -1e-12 or u > 1.0 + 1e-12:
-            return False
-        return t * length > eps and (1.0 - t) * length > eps
-    # parallel: blocks only if collinear and overlapping away from a and b
     if abs(qx * ry - qy * rx) > eps * length:
         return False
     l2 = length * length
@@ -143,11 +140,28 @@ def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
     return lo < hi
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
+    """Whether edge cd meets segment ab at a point farther than eps from both a and b."""
+    rx, ry = bx - ax, by - ay
+    sx, sy = dx - cx, dy - cy
+    if _parallel(rx, ry, sx, sy, length):
+        return _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps)
+    qx, qy = cx - ax, cy - ay
+    denom = rx * sy - ry * sx
+    t = (qx * sy - qy * sx) / denom
+    u = (qx * ry - qy * rx) / denom
+    if t < 0.0 or t > 1.0 or u < -1e-12 or u > 1.0 + 1e-12:
+        return False
+    return t * length > eps and (1.0 - t) * length > eps
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _visible(a, b, vertices, edges, e0, e1, eps):
     ax, ay = vertices[a, 0], vertices[a, 1]
     bx, by = vertices[b, 0], vertices[b, 1]
-    length = math.hypot(bx - ax, by - ay)
+    rx, ry = bx - ax, by - ay
+    length = math.sqrt(rx * rx + ry * ry)
     if length <= 2.0 * eps:
         return True  # no point of ab is far from both ends
     minx, maxx = min(ax, bx) - eps, max(ax, bx) + eps
@@ -158,12 +172,17 @@ def _visible(a, b, vertices, edges, e0, e1, eps):
         dx, dy = vertices[d, 0], vertices[d, 1]
         if max(cx, dx) < minx or min(cx, dx) > maxx or max(cy, dy) < miny or min(cy, dy) > maxy:
             continue
-        if _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
+        if c == a or c == b or d == a or d == b:
+            # an edge ending at a or b meets ab there (t = 0 or 1, never blocking) unless
+            # it runs along ab
+            if _parallel(rx, ry, dx - cx, dy - cy, length) and _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps):
+                return False
+        elif _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
             return False
     return True
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def visibility_kernel(vertices, vertex_part, vertex_offsets, edges, edge_offsets, k, eps):
     """Visibility edges of all entities: ``(pairs [P,2] global vertex indices, sorted and
     unique per entity; offsets [E+1])``."""

@@ -26,7 +26,7 @@ import shapely
 
 from gjp import grid
 from gjp.errors import GjpError
-from gjp.geoparquet import BASE_SCHEMA, FORMAT, FORMAT_VERSION, bbox_column, write_group_file
+from gjp.geoparquet import BASE_SCHEMA, BBOX_FIELDS, FORMAT, FORMAT_VERSION, write_group_file
 from gjp.io import atomic_directory, provenance
 from gjp.parallel import map_jobs
 from gjp.osm.reader import COLLECTION, KINDS, NODE_INDEX_TYPES, OSM_TYPES, Entities, ReadReport, read_osm
@@ -39,8 +39,11 @@ _SPILL_SCHEMA = pa.schema([
     ("tile_x", pa.int32()), ("tile_y", pa.int32()), ("source", pa.int32()),
     ("osm_type", pa.uint8()), ("osm_id", pa.int64()), ("kind", pa.uint8()),
     ("tags", pa.map_(pa.string(), pa.string())), ("geometry", pa.binary()),
+    *((name, pa.float64()) for name in BBOX_FIELDS),
 ])
 _SPILL_BYTES_PER_BUCKET = 32 * 2**20
+#: Entities spanning at most this many tiles are clipped in one vectorised pass.
+_SMALL_RANGE = 16
 
 
 @dataclass
@@ -173,28 +176,48 @@ def assign_tiles(entities: Entities, zoom: int, source: int = 0) -> pa.Table:
 
     entity_idx: list[np.ndarray] = [np.flatnonzero(single)]
     tile_xy: list[np.ndarray] = [lo[single]]
-    wkb: list[np.ndarray] = [shapely.to_wkb(entities.geometry[single])]
+    out_geoms: list[np.ndarray] = [entities.geometry[single]]
 
-    split_idx, split_xy, split_geoms = [], [], []
-    for i in np.flatnonzero(~single):
+    # Entities over a few tiles (buildings on a border, short roads: nearly all) are clipped
+    # to every tile of their range in one vectorised call; larger ones split recursively.
+    n_range = (hi[:, 0] - lo[:, 0] + 1) * (hi[:, 1] - lo[:, 1] + 1)
+    small = ~single & (n_range <= _SMALL_RANGE) & (entities.kind != COLLECTION)
+    pieces_idx, pieces_xy, pieces = _clip_small_ranges(merc, np.flatnonzero(small), lo, hi)
+    split_idx, split_xy, split_geoms = [pieces_idx], [pieces_xy], [pieces]
+    # Large ranges: halve the range until the pieces span few tiles, then clip those in
+    # one vectorised pass too.
+    pending, pending_owner = [], []
+    for i in np.flatnonzero(~single & ~small):
+        found = []
         if entities.kind[i] == COLLECTION:
-            pieces = _split_collection(merc[i], n_tiles)
+            found = _split_collection(merc[i], n_tiles)
         else:
-            pieces = []
-            dim = shapely.get_dimensions(merc[i])
-            _split(merc[i], dim, lo[i, 0], hi[i, 0], lo[i, 1], hi[i, 1], pieces)
-        for x, y, piece in pieces:
-            split_idx.append(i)
-            split_xy.append((x, y))
-            split_geoms.append(piece)
-    if split_idx:
-        back = shapely.transform(np.array(split_geoms, dtype=object), _to_lonlat(zoom))
-        entity_idx.append(np.array(split_idx, dtype=np.int64))
-        tile_xy.append(np.array(split_xy, dtype=np.int64))
-        wkb.append(shapely.to_wkb(back))
+            start = len(pending)
+            _split(merc[i], shapely.get_dimensions(merc[i]), lo[i, 0], hi[i, 0], lo[i, 1], hi[i, 1], found, pending)
+            pending_owner.extend([i] * (len(pending) - start))
+        if found:
+            split_idx.append(np.full(len(found), i))
+            split_xy.append(np.array([(x, y) for x, y, _ in found], dtype=np.int64).reshape(-1, 2))
+            split_geoms.append(np.array([g for _, _, g in found], dtype=object))
+    if pending:
+        geoms = np.array([g for g, _, _ in pending], dtype=object)
+        plo = np.array([p[1] for p in pending], dtype=np.int64).reshape(-1, 2)
+        phi = np.array([p[2] for p in pending], dtype=np.int64).reshape(-1, 2)
+        which, xy, clipped = _clip_small_ranges(geoms, np.arange(len(pending)), plo, phi)
+        split_idx.append(np.asarray(pending_owner, dtype=np.int64)[which])
+        split_xy.append(xy)
+        split_geoms.append(clipped)
+    split_idx, split_xy = np.concatenate(split_idx), np.concatenate(split_xy).reshape(-1, 2)
+    split_geoms = np.concatenate(split_geoms)
+    if len(split_idx):
+        entity_idx.append(split_idx.astype(np.int64))
+        tile_xy.append(split_xy.astype(np.int64))
+        out_geoms.append(shapely.transform(split_geoms, _to_lonlat(zoom)))
 
     idx = np.concatenate(entity_idx)
     xy = np.concatenate(tile_xy).reshape(-1, 2)
+    geoms = np.concatenate(out_geoms)
+    bounds = shapely.bounds(geoms)
     tags = pa.array([entities.tags[i] for i in idx], type=pa.map_(pa.string(), pa.string()))
     return pa.table({
         "tile_x": pa.array(xy[:, 0], pa.int32()), "tile_y": pa.array(xy[:, 1], pa.int32()),
@@ -202,12 +225,57 @@ def assign_tiles(entities: Entities, zoom: int, source: int = 0) -> pa.Table:
         "osm_type": pa.array(entities.osm_type[idx], pa.uint8()),
         "osm_id": pa.array(entities.osm_id[idx], pa.int64()),
         "kind": pa.array(entities.kind[idx], pa.uint8()),
-        "tags": tags, "geometry": pa.array(np.concatenate(wkb), pa.binary()),
+        "tags": tags, "geometry": pa.array(shapely.to_wkb(geoms), pa.binary()),
+        **{name: pa.array(bounds[:, i], pa.float64()) for i, name in enumerate(BBOX_FIELDS)},
     }, schema=_SPILL_SCHEMA)
 
 
-def _split(geom, dim: int, x0: int, x1: int, y0: int, y1: int, out: list) -> None:
-    """Append ``(x, y, piece)`` for every tile in the range that ``geom`` really enters."""
+def _clip_small_ranges(merc: np.ndarray, which: np.ndarray, lo: np.ndarray, hi: np.ndarray):
+    """Clip each entity in ``which`` to every tile of its (small) range at once: each copy
+    is shifted so its candidate tile is the unit square, clipped, and shifted back."""
+    nx = hi[which, 0] - lo[which, 0] + 1
+    n = nx * (hi[which, 1] - lo[which, 1] + 1)
+    owner = np.repeat(which, n)
+    k = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    step = np.repeat(nx, n)
+    xy = np.column_stack([lo[owner, 0] + k % step, lo[owner, 1] + k // step])
+    copies = merc[owner]
+    coords, index = shapely.get_coordinates(copies, return_index=True)
+    shapely.set_coordinates(copies, coords - xy[index])
+    clipped = _keep_dimensions(shapely.clip_by_rect(copies, 0.0, 0.0, 1.0, 1.0), shapely.get_dimensions(copies))
+    hit = ~shapely.is_missing(clipped)
+    clipped, xy, owner = clipped[hit], xy[hit], owner[hit]
+    coords, index = shapely.get_coordinates(clipped, return_index=True)
+    shapely.set_coordinates(clipped, coords + xy[index])
+    return owner, xy, clipped
+
+
+def _keep_dimensions(clipped: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`_keep_dimension`: ``None`` where nothing of the dimension is left."""
+    parts, owner = shapely.get_parts(clipped, return_index=True)
+    types, d = shapely.get_type_id(parts), dims[owner]
+    keep = (((d == 2) & (types == 3)) | ((d == 1) & (types == 1)))
+    keep[keep] &= np.where(d[keep] == 2, shapely.area(parts[keep]), shapely.length(parts[keep])) > 0
+    parts, owner = parts[keep], owner[keep]
+    out = np.full(len(clipped), None, dtype=object)
+    counts = np.bincount(owner, minlength=len(clipped))
+    one = counts[owner] == 1
+    out[owner[one]] = parts[one]
+    for dim, make in ((2, shapely.multipolygons), (1, shapely.multilinestrings)):
+        many = ~one & (dims[owner] == dim)
+        if many.any():
+            targets, dense = np.unique(owner[many], return_inverse=True)
+            out[targets] = make(parts[many], indices=dense)
+    return out
+
+
+def _split(geom, dim: int, x0: int, x1: int, y0: int, y1: int, out: list, pending: list | None = None) -> None:
+    """Append ``(x, y, piece)`` to ``out`` for every tile in the range that ``geom`` really
+    enters. With ``pending``, stop at ranges of at most ``_SMALL_RANGE`` tiles and append
+    ``(piece, (x0, y0), (x1, y1))`` there instead, for :func:`_clip_small_ranges`."""
+    if pending is not None and (x1 - x0 + 1) * (y1 - y0 + 1) <= _SMALL_RANGE:
+        pending.append((geom, (x0, y0), (x1, y1)))
+        return
     if x0 == x1 and y0 == y1:
         out.append((int(x0), int(y0), geom))
         return
@@ -226,7 +294,7 @@ def _split(geom, dim: int, x0: int, x1: int, y0: int, y1: int, out: list) -> Non
         # enter the next tile, which the clip there will confirm.
         a2, b2 = max(a, math.floor(minx)), min(b, math.floor(maxx))
         c2, d2 = max(c, math.floor(miny)), min(d, math.floor(maxy))
-        _split(part, dim, a2, b2, c2, d2, out)
+        _split(part, dim, a2, b2, c2, d2, out, pending)
 
 
 def _keep_dimension(geom, dim: int):
@@ -285,7 +353,7 @@ def _spill(rows: pa.Table, zoom: int, n_buckets: int, spill_dir: Path, writers: 
 def _finish_bucket(job) -> dict[str, int]:
     """Sort, de-duplicate, filter by entity count, and write the groups of one bucket."""
     path, out_dir, zoom, min_entities, max_entities, meta = job
-    t = pq.read_table(path)
+    t = pq.ParquetFile(path).read()
     tx = t.column("tile_x").to_numpy().astype(np.int64)
     ty = t.column("tile_y").to_numpy().astype(np.int64)
     otype = t.column("osm_type").to_numpy()
@@ -321,7 +389,6 @@ def _finish_bucket(job) -> dict[str, int]:
         rows = t.take(pa.array(order[s:e]))
         tiles = [grid.tile_name(zoom, int(x), int(y)) for x, y in zip(tx[s:e], ty[s:e])]
         group = grid.tile_name(zoom - grid.GROUP_LEVELS, int(gx[s]), int(gy[s]))
-        geoms = shapely.from_wkb(rows.column("geometry").to_numpy(zero_copy_only=False))
         table = pa.table({
             "tile": pa.array(tiles, pa.string()),
             "group": pa.array([group] * (e - s), pa.string()),
@@ -330,7 +397,8 @@ def _finish_bucket(job) -> dict[str, int]:
             "kind": kind_names.take(rows.column("kind").cast(pa.int32())),
             "tags": rows.column("tags"),
             "geometry": rows.column("geometry"),
-            "bbox": bbox_column(geoms),
+            "bbox": pa.StructArray.from_arrays([rows.column(c).combine_chunks() for c in BBOX_FIELDS],
+                                               names=list(BBOX_FIELDS)),
         }, schema=BASE_SCHEMA)
         write_group_file(table, out_dir / f"{group}.parquet", meta)
         counts["rows_written"] += e - s

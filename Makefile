@@ -1,0 +1,33 @@
+# gjp: two commands do everything on a fresh machine.
+#   make demo   set up .venv and run the pipeline on the bundled extract
+#   make test   set up .venv and run the test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO_EXTRACT := examples/data/li_liechtenstein_2015-07.osm.pbf
+DEMO_DIR := demo
+
+.PHONY: install test demo bench clean
+
+install: $(STAMP)
+
+# torch/torchvision first, pinned to the builds this project is developed with (later
+# issues' model steps need them); then gjp itself, editable, with the test tools.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/osm_pipeline.sh $(DEMO_EXTRACT) $(DEMO_DIR)
+
+bench: install
+	$(BIN)/python benchmarks/bench_osm.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
