@@ -23,7 +23,7 @@ def meets_away_from_ends(a, b, c, d, eps):
     sx, sy = dx - cx, dy - cy
     length = math.sqrt(rx * rx + ry * ry)
     cross = rx * sy - ry * sx
-    if abs(cross) > 1e-12 * length * math.sqrt(sx * sx + sy * sy):
+    if cross * cross > 1e-24 * (length * length) * (sx * sx + sy * sy):  # not parallel
         # the lines cross at a + t·r = c + u·s
         t = ((cx - ax) * sy - (cy - ay) * sx) / cross
         u = ((cx - ax) * ry - (cy - ay) * rx) / cross

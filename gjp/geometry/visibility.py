@@ -120,9 +120,10 @@ def entity_graphs(geoms: np.ndarray):
 
 @numba.njit(cache=True, inline="always", error_model="numpy")
 def _parallel(rx, ry, sx, sy, length):
-    """Whether directions r (of length ``length``) and s are parallel (to 1e-12)."""
-    slen = math.sqrt(sx * sx + sy * sy)
-    return abs(rx * sy - ry * sx) <= 1e-12 * length * slen
+    """Whether directions r (of length ``length``) and s are parallel: |r × s| ≤ 1e-12·|r|·|s|,
+    compared squared."""
+    cross = rx * sy - ry * sx
+    return cross * cross <= 1e-24 * (length * length) * (sx * sx + sy * sy)
 
 
 @numba.njit(cache=True, inline="always", error_model="numpy")

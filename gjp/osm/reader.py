@@ -141,7 +141,7 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
             loc = obj.location
             tags = apply_filter(_tag_pairs(obj.tags))
             if tags:
-                chunk.append(NODE, obj.id, POINT, tags, shapely.Point(loc.lon, loc.lat))
+                chunk.append(NODE, obj.id, POINT, tags, (loc.lon, loc.lat))
                 report.points += 1
             if obj.id in need_nodes:
                 member_node_lonlat[obj.id] = (loc.lon, loc.lat)
@@ -189,13 +189,14 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
 
     report.area_relations_skipped += len(relations.area_tags) - len(assembled)
     locations = processor.node_location_storage
+    way_geometry = _member_way_geometries(member_way_geoms, report)
     for rel_id in sorted(relations.other_tags):
         parts = []
         members = relations.flat_members[rel_id]
         for mtype, ref in members:
             if mtype == "w":
-                if ref in member_way_geoms:
-                    parts.append(member_way_geoms[ref])
+                if ref in way_geometry:
+                    parts.append(way_geometry[ref])
             else:
                 lonlat = member_node_lonlat.get(ref)
                 if lonlat is None:
@@ -205,13 +206,13 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
                     except KeyError:
                         pass
                 if lonlat is not None:
-                    parts.append((shapely.Point(*lonlat), False))
+                    parts.append(shapely.Point(*lonlat))
         if not parts:
             report.relations_skipped += 1
             continue
         if len(parts) < len(members) or relations.incomplete[rel_id]:
             report.relations_repaired += 1
-        chunk.append(RELATION, rel_id, COLLECTION, relations.other_tags[rel_id], parts)
+        chunk.append(RELATION, rel_id, COLLECTION, relations.other_tags[rel_id], shapely.GeometryCollection(parts))
     if chunk.osm_id:
         yield _finish(chunk, report)
 
@@ -300,7 +301,10 @@ def _finish(chunk: _Chunk, report: ReadReport) -> Entities:
         geoms[i] = g
     is_hex = np.array([isinstance(g, str) for g in chunk.geometry], dtype=bool)
     if is_hex.any():
-        geoms[is_hex] = shapely.from_wkb(geoms[is_hex])
+        geoms[is_hex] = _from_hex_wkb(geoms[is_hex])
+    is_xy = np.array([isinstance(g, tuple) for g in chunk.geometry], dtype=bool)
+    if is_xy.any():
+        geoms[is_xy] = shapely.points(np.array([g for g in chunk.geometry if isinstance(g, tuple)]))
     ways = kind == POLYGON
     if ways.any():
         polys, as_line = _rings_to_polygons(geoms[ways], report)
@@ -310,8 +314,6 @@ def _finish(chunk: _Chunk, report: ReadReport) -> Entities:
     areas = kind == MULTIPOLYGON
     if areas.any():
         geoms[areas] = _valid_polygons(geoms[areas], report)
-    for i in np.flatnonzero(kind == COLLECTION):
-        geoms[i] = _collection(geoms[i], report)
     counts = np.bincount(kind, minlength=len(KINDS))
     report.lines += int(counts[LINE])
     report.polygons += int(counts[POLYGON])
@@ -347,14 +349,24 @@ def _valid_polygons(polys: np.ndarray, report: ReadReport) -> np.ndarray:
     return polys
 
 
-def _collection(parts: list[tuple[object, bool]], report: ReadReport):
-    members = []
-    hexes = [g for g, _ in parts if isinstance(g, str)]
-    decoded = iter(shapely.from_wkb(hexes)) if hexes else iter(())
-    for geometry, polygon in parts:
-        if isinstance(geometry, str):
-            geometry = next(decoded)
-        if polygon:
-            geometry = _rings_to_polygons(np.array([geometry], dtype=object), report)[0][0]
-        members.append(geometry)
-    return shapely.GeometryCollection(members)
+def _from_hex_wkb(hexes: np.ndarray) -> np.ndarray:
+    # pyosmium's WKB factory writes hex; GEOS parses binary WKB ~5× faster than hex.
+    return shapely.from_wkb(np.array([bytes.fromhex(h) for h in hexes], dtype=object))
+
+
+def _member_way_geometries(raw: dict[int, tuple[object, bool]], report: ReadReport) -> dict[int, object]:
+    """Decode the member ways of other relations once (a way is often in many routes);
+    closed area-like ways become polygons, as when they are entities themselves."""
+    if not raw:
+        return {}
+    ids = list(raw)
+    geoms = np.empty(len(ids), dtype=object)
+    for i, way_id in enumerate(ids):
+        geoms[i] = raw[way_id][0]
+    is_hex = np.array([isinstance(g, str) for g in geoms], dtype=bool)
+    if is_hex.any():
+        geoms[is_hex] = _from_hex_wkb(geoms[is_hex])
+    polygon = np.array([raw[way_id][1] for way_id in ids], dtype=bool)
+    if polygon.any():
+        geoms[polygon] = _rings_to_polygons(geoms[polygon], report)[0]
+    return dict(zip(ids, geoms))
