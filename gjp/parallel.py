@@ -27,8 +27,12 @@ def map_jobs(fn, jobs: list, workers: int, progress=None):
                 progress.update()
             yield result
         return
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         for result in pool.map(fn, jobs):
             if progress is not None:
                 progress.update()
             yield result
+    finally:
+        # on an error or Ctrl-C, drop the jobs not started yet instead of finishing them
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from gjp.geoparquet import check_group_file, list_group_files, read_group_file, write_group_file
+from gjp.geoparquet import list_group_files, read_group_file, write_group_file
 from gjp.io import atomic_directory, provenance
 from gjp.parallel import map_jobs
 from gjp.ui import QUIET, Reporter
@@ -30,9 +30,8 @@ def run_stage(step: str, transform: Transform, input_dir: str | Path, output_dir
               require: tuple[str, ...], params: dict, workers: int = 1, overwrite: bool = False,
               reporter: Reporter = QUIET) -> StageReport:
     files = list_group_files(input_dir)
-    # Check every input up front so a bad file fails the step before anything is written.
-    for path in files:
-        check_group_file(path, require)
+    # Each file is checked as it is read; a bad one fails the step and, the output being
+    # staged, leaves nothing behind.
     report = StageReport(files=len(files))
     with atomic_directory(output_dir, overwrite) as staging:
         jobs = [(step, transform, path, staging / path.name, require, params) for path in files]

@@ -141,3 +141,10 @@ def test_bad_options_are_explained(tmp_path, boston):
     assert_clean_error(gjp("tile", boston, "-o", tmp_path / "t", "--node-index", "magic"), "--node-index")
     assert_clean_error(gjp("tile", boston, "-o", tmp_path / "t", "--min-entities", "9", "--max-entities", "3"),
                        "--min-entities")
+
+
+def test_info(boston, tmp_path):
+    tile_osm([boston], tmp_path / "tiles")
+    result = gjp("info", tmp_path / "tiles")
+    assert result.returncode == 0 and "tiles in" in result.stdout and "entities" in result.stdout
+    assert_clean_error(gjp("info", tmp_path / "nope"), "no such file or directory")

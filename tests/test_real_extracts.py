@@ -203,3 +203,36 @@ def test_relations_from_a_real_extract(columbus_circle, tmp_path):
     ids = set(rel.column("osm_id").to_pylist())
     with_tags = {r.id for r in osmium.FileProcessor(str(columbus_circle), osmium.osm.RELATION) if r.tags}
     assert ids <= with_tags  # real relation ids, never pyosmium's area ids (2·id + 1)
+
+
+def test_fast_simplify_equals_geos_on_everything(pipeline):
+    """The Douglas–Peucker pre-pass only skips work: the result is byte-identical to GEOS'
+    topology-preserving simplifier run on every geometry."""
+    from gjp.geometry.frame import lonlat_to_local, metres_to_units, tile_xy
+    from gjp.geometry.simplify import simplify_local
+
+    _, _, _, table = pipeline
+    x, y = tile_xy(table.column("tile"))
+    local = lonlat_to_local(shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False)), x, y, 16)
+    tolerance = metres_to_units(0.3, y, 16)
+    ours = simplify_local(local, tolerance)
+    geos = shapely.simplify(local, tolerance, preserve_topology=True)
+    assert (shapely.to_wkb(ours) == shapely.to_wkb(geos)).all()
+    assert (shapely.get_num_coordinates(ours) < shapely.get_num_coordinates(local)).sum() > 10
+    stored = table.column("local").to_numpy(zero_copy_only=False)
+    assert (stored == shapely.to_wkb(geos)).all()
+
+
+def test_info_summarises_the_graphs(pipeline):
+    from gjp.summary import format_summary, summarize_tiles
+
+    _, root, report, table = pipeline
+    s = summarize_tiles(root / "graphs")
+    assert s["entities"] == table.num_rows == report.rows_written
+    assert s["group_files"] == report.groups_written and s["tiles"] == report.tiles_kept
+    assert s["steps"] == ["tile", "simplify", "bbox", "visibility"]
+    assert s["visibility_edges"] == sum(len(v) for v in table.column("visibility_edges").to_pylist())
+    assert sum(s["kinds"].values()) == s["entities"]
+    assert 300 < s["tile_width_m"][0] <= s["tile_width_m"][1] < 520
+    text = format_summary(s)
+    assert f"{s['tiles']} tiles" in text and "visibility edges" in text

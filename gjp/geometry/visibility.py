@@ -145,6 +145,14 @@ def _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps):
 def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
     """Whether edge cd meets segment ab at a point farther than eps from both a and b."""
     rx, ry = bx - ax, by - ay
+    # Fast reject: c and d clearly on the same side of ab's line (farther than eps, and
+    # not so close to it that the exact test below could still see a meeting point).
+    oc = rx * (cy - ay) - ry * (cx - ax)
+    od = rx * (dy - ay) - ry * (dx - ax)
+    if oc * od > 0.0:
+        near, far = min(abs(oc), abs(od)), max(abs(oc), abs(od))
+        if near > eps * length and near > 1e-9 * far:
+            return False
     sx, sy = dx - cx, dy - cy
     if _parallel(rx, ry, sx, sy, length):
         return _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps)
@@ -184,29 +192,49 @@ def _visible(a, b, vertices, edges, e0, e1, eps):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sort_pairs(keys, m):
+    """Sort ``keys[:m]`` in place (insertion sort: entities have few pairs)."""
+    if m > 64:
+        keys[:m] = np.sort(keys[:m])
+        return
+    for i in range(1, m):
+        key = keys[i]
+        j = i - 1
+        while j >= 0 and keys[j] > key:
+            keys[j + 1] = keys[j]
+            j -= 1
+        keys[j + 1] = key
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def visibility_kernel(vertices, vertex_part, vertex_offsets, edges, edge_offsets, k, eps):
     """Visibility edges of all entities: ``(pairs [P,2] global vertex indices, sorted and
     unique per entity; offsets [E+1])``."""
     n = len(vertex_offsets) - 1
-    out = np.empty((max(len(vertices) * k, 1), 2), dtype=np.int64)
-    counts = np.zeros(n, dtype=np.int64)
+    total = len(vertices)
+    keys = np.empty(max(total * k, 1), dtype=np.int64)  # pair (a, b), a < b, as a·total + b
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    largest = 0
+    for e in range(n):
+        largest = max(largest, vertex_offsets[e + 1] - vertex_offsets[e])
+    dist = np.empty(largest)
     filled = 0
     for e in range(n):
         v0, v1 = vertex_offsets[e], vertex_offsets[e + 1]
         nv = v1 - v0
-        if nv < 2:
-            continue
         multi = False
         for v in range(v0 + 1, v1):
             if vertex_part[v] != vertex_part[v0]:
                 multi = True
                 break
         if not multi:
+            offsets[e + 1] = filled
             continue
         e0, e1 = edge_offsets[e], edge_offsets[e + 1]
         start = filled
-        dist = np.empty(nv)
         for a in range(v0, v1):
+            # distances to the vertices of other parts, noting the nearest on the way
+            best, best_d = -1, np.inf
             for j in range(nv):
                 b = v0 + j
                 if vertex_part[b] == vertex_part[a]:
@@ -214,51 +242,52 @@ def visibility_kernel(vertices, vertex_part, vertex_offsets, edges, edge_offsets
                 else:
                     dx = vertices[b, 0] - vertices[a, 0]
                     dy = vertices[b, 1] - vertices[a, 1]
-                    dist[j] = dx * dx + dy * dy
+                    d = dx * dx + dy * dy
+                    dist[j] = d
+                    if d < best_d:
+                        best, best_d = j, d
             found = 0
             tried = 0
             # nearest first: a short linear scan, then (rarely) a full stable sort
-            while found < k and tried < _SCAN_FIRST:
+            while best >= 0:
+                dist[best] = np.inf
+                tried += 1
+                b = v0 + best
+                if _visible(a, b, vertices, edges, e0, e1, eps):
+                    keys[filled] = min(a, b) * total + max(a, b)
+                    filled += 1
+                    found += 1
+                if found >= k or tried >= _SCAN_FIRST:
+                    break
                 best, best_d = -1, np.inf
                 for j in range(nv):
                     if dist[j] < best_d:
                         best, best_d = j, dist[j]
-                if best < 0:
-                    break
-                dist[best] = np.inf
-                tried += 1
-                if _visible(a, v0 + best, vertices, edges, e0, e1, eps):
-                    b = v0 + best
-                    out[filled, 0], out[filled, 1] = min(a, b), max(a, b)
-                    filled += 1
-                    found += 1
             if found < k and tried == _SCAN_FIRST:
-                order = np.argsort(dist, kind="mergesort")
+                order = np.argsort(dist[:nv], kind="mergesort")
                 for j in order:
                     if found >= k or dist[j] == np.inf:
                         break
-                    if _visible(a, v0 + j, vertices, edges, e0, e1, eps):
-                        b = v0 + j
-                        out[filled, 0], out[filled, 1] = min(a, b), max(a, b)
+                    b = v0 + j
+                    if _visible(a, b, vertices, edges, e0, e1, eps):
+                        keys[filled] = min(a, b) * total + max(a, b)
                         filled += 1
                         found += 1
         # sort this entity's pairs and drop duplicates (a↔b found from both ends)
         m = filled - start
-        if m > 0:
-            keys = out[start:filled, 0] * (len(vertices) + 1) + out[start:filled, 1]
-            order = np.argsort(keys, kind="mergesort")
-            sorted_pairs = out[start:filled][order].copy()
-            w = 0
-            for i in range(m):
-                if i == 0 or sorted_pairs[i, 0] != sorted_pairs[i - 1, 0] or sorted_pairs[i, 1] != sorted_pairs[i - 1, 1]:
-                    out[start + w, 0], out[start + w, 1] = sorted_pairs[i, 0], sorted_pairs[i, 1]
-                    w += 1
-            filled = start + w
-        counts[e] = filled - start
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    for e in range(n):
-        offsets[e + 1] = offsets[e] + counts[e]
-    return out[:filled].copy(), offsets
+        _sort_pairs(keys[start:filled], m)
+        w = 0
+        for i in range(m):
+            if i == 0 or keys[start + i] != keys[start + w - 1]:
+                keys[start + w] = keys[start + i]
+                w += 1
+        filled = start + w
+        offsets[e + 1] = filled
+    pairs = np.empty((filled, 2), dtype=np.int64)
+    for i in range(filled):
+        pairs[i, 0] = keys[i] // total
+        pairs[i, 1] = keys[i] % total
+    return pairs, offsets
 
 
 def visibility_edges(geoms: np.ndarray, k: int = DEFAULT_K, eps: float = DEFAULT_EPS):
