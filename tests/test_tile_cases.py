@@ -168,3 +168,41 @@ def test_entity_count_limits(opl, tmp_path):
     out = tmp_path / "t6"
     report = tile_osm([path], out, min_entities=1, max_entities=6)
     assert report.tiles_kept == 1 and report.tiles_too_many == 1
+
+
+def test_chunks_and_spill_buckets_do_not_change_the_output(monaco, tmp_path, monkeypatch):
+    from gjp.osm import tiling
+
+    tile_osm([monaco], tmp_path / "one", min_entities=1)
+    monkeypatch.setattr(tiling, "_CHUNK_SIZE", 997)  # many chunks
+    monkeypatch.setattr(tiling, "_SPILL_BYTES_PER_BUCKET", 50_000)  # ~10 buckets
+    tile_osm([monaco], tmp_path / "many", min_entities=1, workers=2)
+    one = {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()}
+    many = {p.name: p.read_bytes() for p in (tmp_path / "many").iterdir()}
+    assert one.keys() == many.keys() and len(one) > 2
+    for name in one:
+        a, b = pq.read_table(tmp_path / "one" / name), pq.read_table(tmp_path / "many" / name)
+        assert a.equals(b), name
+
+
+def test_other_zooms_group_two_levels_up(opl, tmp_path):
+    path = opl(n(1, WEST + 0.001, MID_LAT, "amenity=bench"))
+    out = tmp_path / "z15"
+    tile_osm([path], out, zoom=15, min_entities=1)
+    (f,) = out.iterdir()
+    x15, y15 = TX // 2, TY // 2
+    assert f.name == f"13_{x15 // 4}_{y15 // 4}.parquet"
+    assert pq.read_table(f).column("tile").to_pylist() == [f"15_{x15}_{y15}"]
+
+
+def test_plain_osm_xml_and_file_backed_node_index(west_oakland, tmp_path):
+    import bz2
+
+    xml = tmp_path / "oakland.osm"
+    xml.write_bytes(bz2.decompress(west_oakland.read_bytes()))
+    a = tile_osm([xml], tmp_path / "a", min_entities=1)
+    b = tile_osm([west_oakland], tmp_path / "b", min_entities=1,
+                 node_index=f"sparse_file_array,{tmp_path / 'nodes.idx'}")
+    assert a.rows_written == b.rows_written > 0
+    for f in (tmp_path / "a").iterdir():
+        assert pq.read_table(f).equals(pq.read_table(tmp_path / "b" / f.name))

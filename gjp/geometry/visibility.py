@@ -40,30 +40,28 @@ _SCAN_FIRST = 8
 
 # --------------------------------------------------------------------------- graph structure
 
+def _splice(parts, owner, replaced, pieces, piece_of):
+    """Replace ``parts[replaced]`` by their ``pieces`` (``piece_of`` = index into the
+    replaced ones), keeping the order: a part's pieces take its place."""
+    slot = np.flatnonzero(replaced)[piece_of]
+    order = np.argsort(np.concatenate([np.flatnonzero(~replaced), slot]), kind="stable")
+    return (np.concatenate([parts[~replaced], pieces])[order],
+            np.concatenate([owner[~replaced], owner[replaced][piece_of]])[order])
+
+
 def _explode(geoms: np.ndarray):
     """Flatten to simple parts (Point, LineString, LinearRing) with the entity of each."""
     parts, owner = shapely.get_parts(geoms, return_index=True)
     while True:
-        types = shapely.get_type_id(parts)
-        nested = (types >= 4)  # Multi* and GeometryCollection
+        nested = shapely.get_type_id(parts) >= 4  # Multi* and GeometryCollection
         if not nested.any():
             break
-        inner, inner_owner = shapely.get_parts(parts[nested], return_index=True)
-        # keep the order: a nested part's pieces take its place
-        slot = np.flatnonzero(nested)[inner_owner]
-        keep_slot = np.flatnonzero(~nested)
-        order = np.argsort(np.concatenate([keep_slot, slot]), kind="stable")
-        parts = np.concatenate([parts[~nested], inner])[order]
-        owner = np.concatenate([owner[~nested], owner[nested][inner_owner]])[order]
-    types = shapely.get_type_id(parts)
-    polys = types == 3
+        pieces, piece_of = shapely.get_parts(parts[nested], return_index=True)
+        parts, owner = _splice(parts, owner, nested, pieces, piece_of)
+    polys = shapely.get_type_id(parts) == 3
     if polys.any():
-        rings, ring_owner = shapely.get_rings(parts[polys], return_index=True)
-        slot = np.flatnonzero(polys)[ring_owner]
-        keep_slot = np.flatnonzero(~polys)
-        order = np.argsort(np.concatenate([keep_slot, slot]), kind="stable")
-        parts = np.concatenate([parts[~polys], rings])[order]
-        owner = np.concatenate([owner[~polys], owner[polys][ring_owner]])[order]
+        rings, ring_of = shapely.get_rings(parts[polys], return_index=True)
+        parts, owner = _splice(parts, owner, polys, rings, ring_of)
     return parts, owner
 
 

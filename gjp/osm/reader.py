@@ -123,9 +123,8 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
     relations = _scan_relations(source(), tag_filter)
     wkb = osmium.geom.WKBFactory()
     apply_filter = tag_filter.apply
-    need_ways, need_nodes = relations.member_ways, relations.member_nodes
+    need_ways = relations.member_ways
     member_way_geoms: dict[int, tuple[object, bool]] = {}
-    member_node_lonlat: dict[int, tuple[float, float]] = {}
     assembled: set[int] = set()
 
     processor = (osmium.FileProcessor(source()).with_locations(node_index).with_areas()
@@ -143,8 +142,6 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
             if tags:
                 chunk.append(NODE, obj.id, POINT, tags, (loc.lon, loc.lat))
                 report.points += 1
-            if obj.id in need_nodes:
-                member_node_lonlat[obj.id] = (loc.lon, loc.lat)
         elif obj.is_way():
             needed = obj.id in need_ways
             raw_tags = obj.tags
@@ -198,15 +195,12 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
                 if ref in way_geometry:
                     parts.append(way_geometry[ref])
             else:
-                lonlat = member_node_lonlat.get(ref)
-                if lonlat is None:
-                    try:
-                        loc = locations.get(ref)
-                        lonlat = (loc.lon, loc.lat)
-                    except KeyError:
-                        pass
-                if lonlat is not None:
-                    parts.append(shapely.Point(*lonlat))
+                # member nodes, tagged or not, are all in the node-location index
+                try:
+                    loc = locations.get(ref)
+                except KeyError:
+                    continue
+                parts.append(shapely.Point(loc.lon, loc.lat))
         if not parts:
             report.relations_skipped += 1
             continue
@@ -224,7 +218,6 @@ class _Relations:
     flat_members: dict[int, list[tuple[str, int]]]
     incomplete: dict[int, bool]
     member_ways: set[int]
-    member_nodes: set[int]
 
 
 def _scan_relations(path, tag_filter: TagFilter) -> _Relations:
@@ -245,15 +238,13 @@ def _scan_relations(path, tag_filter: TagFilter) -> _Relations:
     flat: dict[int, list[tuple[str, int]]] = {}
     incomplete: dict[int, bool] = {}
     member_ways: set[int] = set()
-    member_nodes: set[int] = set()
     for rel_id in other_tags:
         out: list[tuple[str, int]] = []
         missing = _flatten(rel_id, members, out, {rel_id}, 0)
         flat[rel_id] = out
         incomplete[rel_id] = missing
-        for mtype, ref in out:
-            (member_ways if mtype == "w" else member_nodes).add(ref)
-    return _Relations(area_tags, other_tags, flat, incomplete, member_ways, member_nodes)
+        member_ways.update(ref for mtype, ref in out if mtype == "w")
+    return _Relations(area_tags, other_tags, flat, incomplete, member_ways)
 
 
 def _flatten(rel_id, members, out, visiting, depth) -> bool:

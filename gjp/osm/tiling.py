@@ -42,6 +42,8 @@ _SPILL_SCHEMA = pa.schema([
     *((name, pa.float64()) for name in BBOX_FIELDS),
 ])
 _SPILL_BYTES_PER_BUCKET = 32 * 2**20
+#: Entities read and tiled at a time (bounds memory together with the spill buckets).
+_CHUNK_SIZE = 200_000
 #: Entities spanning at most this many tiles are clipped in one vectorised pass.
 _SMALL_RANGE = 16
 
@@ -120,11 +122,11 @@ def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = gr
             for source, (path, fmt) in enumerate(checked):
                 try:
                     chunks = read_osm(path, tag_filter, file_format=fmt, node_index=node_index,
-                                      report=report.read, reporter=reporter)
+                                      chunk_size=_CHUNK_SIZE, report=report.read, reporter=reporter)
                     for entities in chunks:
                         rows = assign_tiles(entities, zoom, source)
                         report.rows += rows.num_rows
-                        _spill(rows, zoom, n_buckets, spill_dir, writers)
+                        _spill(rows, n_buckets, spill_dir, writers)
                 except RuntimeError as err:
                     raise GjpError(f"{path}: corrupt or truncated OSM file ({err})") from err
         finally:
@@ -339,7 +341,7 @@ def _bucket_of(tile_x: np.ndarray, tile_y: np.ndarray, n_buckets: int) -> np.nda
     return ((gx * 73856093) ^ (gy * 19349663)) % n_buckets
 
 
-def _spill(rows: pa.Table, zoom: int, n_buckets: int, spill_dir: Path, writers: dict) -> None:
+def _spill(rows: pa.Table, n_buckets: int, spill_dir: Path, writers: dict) -> None:
     bucket = _bucket_of(rows.column("tile_x").to_numpy(), rows.column("tile_y").to_numpy(), n_buckets)
     for b in np.unique(bucket):
         part = rows.filter(pa.array(bucket == b))
