@@ -28,6 +28,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_osm.py
+	$(BIN)/python benchmarks/bench_imagery.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -26,6 +26,13 @@ class PipelineGroup(click.Group):
         return [c for c in PIPELINE if c in known] + sorted(known - set(PIPELINE))
 
 
+class OrderedGroup(click.Group):
+    """Lists its commands in the order they are defined."""
+
+    def list_commands(self, ctx):
+        return list(self.commands)
+
+
 def _reporter(quiet: bool):
     from gjp.ui import Reporter
 
@@ -68,48 +75,170 @@ def cli(quiet: bool, debug: bool):
     """
 
 
+@cli.group("fetch", cls=OrderedGroup)
+def fetch_group():
+    """Download OSM extracts (Geofabrik) and NAIP imagery (a STAC API).
+
+    \b
+    Example:
+      gjp fetch osm california -o raw/
+      gjp fetch naip --tiles tiles/ -o raw/naip/
+    """
+
+
+@fetch_group.command("osm")
+@click.argument("region", required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("raw"), show_default=True,
+              help="Directory for REGION.osm.pbf (and the cached Geofabrik index).")
+@click.option("--index-url", default=None, help="Geofabrik's JSON index [default: download.geofabrik.de].")
+@click.option("--refresh-index", is_flag=True, help="Download the index again even if the cached copy is fresh.")
+@click.option("--list", "list_pattern", is_flag=False, flag_value="", default=None, metavar="[PATTERN]",
+              help="List the regions (whose id or path contains PATTERN) and exit.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def fetch_osm_cmd(region, output, index_url, refresh_index, list_pattern, quiet):
+    """Download an OSM extract: a Geofabrik region or any URL.
+
+    REGION is a Geofabrik id (monaco, california), path (us/california,
+    north-america/us/california) or a URL. The download streams with a progress bar,
+    resumes when interrupted, is checked against the .md5 published beside it, and lands
+    as raw/REGION.osm.pbf only when complete. An up-to-date file is not downloaded again.
+
+    \b
+    Example:
+      gjp fetch osm california -o raw/
+      gjp fetch osm --list europe/
+    """
+    from gjp.fetch.geofabrik import INDEX_URL, fetch_osm, load_index
+
+    reporter = _reporter(quiet)
+    if list_pattern is not None:
+        regions = load_index(index_url or INDEX_URL, output / "geofabrik-index.json", refresh_index)
+        for r in sorted(regions, key=lambda r: r.path):
+            if list_pattern.lower() in r.path.lower() or list_pattern.lower() in r.id.lower():
+                click.echo(f"{r.id}\t{r.path}\t{r.name}")
+        return
+    if not region:
+        raise click.UsageError("give a REGION (or a URL), or --list")
+    result = fetch_osm(region, output, index_url=index_url or INDEX_URL, refresh_index=refresh_index,
+                       reporter=reporter)
+    reporter.info(f"{result.path}: " + ("already up to date" if result.skipped
+                                       else f"downloaded {result.bytes / 1e6:.1f} MB"))
+    click.echo(str(result.path))
+
+
+@fetch_group.command("naip")
+@click.option("--bbox", help="The area as W,S,E,N in degrees.")
+@click.option("--tiles", "tiles_dir", type=click.Path(path_type=Path),
+              help="Take the area from the tiles an earlier `gjp tile` wrote (e.g. tiles/).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("raw/naip"), show_default=True)
+@click.option("--stac-url", default=None, help="STAC API [default: the Planetary Computer's].")
+@click.option("--year", type=int, help="Only images flown in this year.")
+@click.option("--since", help="Only images flown on or after this date (YYYY-MM-DD).")
+@click.option("--max-items", type=click.IntRange(min=1), help="Stop the search after this many items.")
+@click.option("--no-sign", is_flag=True, help="Do not sign asset URLs (for STAC APIs other than the Planetary Computer).")
+@click.option("--clip", is_flag=True, help="Read only the parts of each image that cover the tiles (HTTP range reads).")
+@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True, help="Parallel downloads.")
+@common
+def fetch_naip_cmd(bbox, tiles_dir, output, stac_url, year, since, max_items, no_sign, clip, workers,
+                   overwrite, quiet):
+    """Download NAIP aerial imagery for an area, newest per quarter quad.
+
+    Searches collection `naip` of a STAC API (the Planetary Computer by default, whose
+    asset URLs are signed with `planetary-computer`), keeps the newest image of each
+    quarter quad, and downloads its `image` COG (resumable, retried, atomic) with the STAC
+    item JSON beside it.
+
+    \b
+    Example:
+      gjp fetch naip --tiles tiles/ -o raw/naip/ --clip
+      gjp fetch naip --bbox -99.19,47.00,-99.12,47.04 --year 2020
+    """
+    from gjp.fetch.naip import STAC_URL, fetch_naip, parse_bbox
+
+    reporter = _reporter(quiet)
+    report = fetch_naip(output, bbox=parse_bbox(bbox) if bbox else None, tiles_dir=tiles_dir,
+                        stac_url=stac_url or STAC_URL, year=year, since=since, max_items=max_items,
+                        sign=not no_sign, clip=clip, workers=workers, overwrite=overwrite, reporter=reporter)
+    reporter.info(report.summary())
+    click.echo(str(output))
+
+
 @cli.command("tile")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("tiles"), show_default=True,
-              help="Output directory of group files (14_X_Y.parquet).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output directory [default: tiles/ for OSM inputs, images/ for rasters].")
 @click.option("--zoom", type=int, default=16, show_default=True, help="Tile zoom; files group zoom-2 tiles.")
 @click.option("--min-entities", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Drop tiles with fewer entities.")
+              help="OSM: drop tiles with fewer entities.")
 @click.option("--max-entities", type=click.IntRange(min=1), default=1250, show_default=True,
-              help="Drop tiles with more entities.")
+              help="OSM: drop tiles with more entities.")
 @click.option("--node-index", default="flex_mem", show_default=True,
-              help="pyosmium node-location index: flex_mem suits city and state extracts; "
+              help="OSM: pyosmium node-location index. flex_mem suits city and state extracts; "
                    "'sparse_file_array,FILE' or 'dense_file_array,FILE' keep a country's nodes on disk.")
 @click.option("--tag-filter", "tag_filter_file", type=click.Path(path_type=Path),
-              help="File of key patterns to drop (one per line; '!pattern' keeps), replacing the defaults.")
-@click.option("--drop-tag", multiple=True, metavar="PATTERN", help="Also drop keys matching PATTERN (repeatable).")
-@click.option("--keep-tag", multiple=True, metavar="PATTERN", help="Keep keys matching PATTERN even if dropped.")
+              help="OSM: file of key patterns to drop (one per line; '!pattern' keeps), replacing the defaults.")
+@click.option("--drop-tag", multiple=True, metavar="PATTERN", help="OSM: also drop keys matching PATTERN (repeatable).")
+@click.option("--keep-tag", multiple=True, metavar="PATTERN", help="OSM: keep keys matching PATTERN even if dropped.")
+@click.option("--size", type=click.IntRange(min=16), default=224, show_default=True,
+              help="Rasters: chip width and height in pixels.")
+@click.option("--bands", default="1,2,3", show_default=True, help="Rasters: the bands that become R,G,B.")
+@click.option("--min-coverage", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Rasters: drop chips with a smaller fraction of valid pixels.")
+@click.option("--resampling", type=click.Choice(["average", "bilinear", "cubic", "lanczos", "nearest"]),
+              default="average", show_default=True, help="Rasters: how pixels are warped onto the tile grid.")
 @workers_option
 @common
 def tile_cmd(inputs, output, zoom, min_entities, max_entities, node_index, tag_filter_file, drop_tag,
-             keep_tag, workers, overwrite, quiet):
-    """Cut OSM extracts into z16 tiles, one GeoParquet file per 4×4 group.
+             keep_tag, size, bands, min_coverage, resampling, workers, overwrite, quiet):
+    """Cut OSM extracts or aerial rasters into z16 tiles.
 
-    INPUTS are .osm.pbf, .osm or .osm.bz2 files (told apart by content). Every tagged
-    node, way and relation becomes an entity in every tile its geometry intersects,
-    clipped to the tile. Several overlapping extracts may be given; an entity seen twice
-    in the same tile is kept once.
+    INPUTS are OSM files (.osm.pbf, .osm, .osm.bz2) or rasters (GeoTIFF/COG in any CRS,
+    or directories of them), told apart by content; one run takes one kind.
+
+    OSM: every tagged node, way and relation becomes an entity in every tile its geometry
+    intersects, clipped to the tile; one GeoParquet file per 4×4 group (tiles/14_X_Y.parquet).
+
+    Rasters: one RGB chip per tile (images/16_x_y.png, alpha = valid data) warped to the
+    tile's Web-Mercator square, overlapping rasters merged by the brightest valid pixel,
+    and images/index.parquet. Chips already cut and named 16_x_y.png|webp|jpg are imported.
 
     \b
     Example:
       gjp tile ca.osm.pbf -o tiles/
-      gjp tile monaco.osm.pbf --min-entities 1 --drop-tag 'addr:*' -o tiles/
+      gjp tile raw/naip/ -o images/ --min-coverage 0.5
     """
-    from gjp.osm.tiling import tile_osm
-    from gjp.tagfilter import TagFilter
+    from gjp.imagery.chips import classify_inputs
 
     reporter = _reporter(quiet)
-    tag_filter = TagFilter.from_options(tag_filter_file, drop_tag, keep_tag)
-    report = tile_osm(list(inputs), output, zoom=zoom, tag_filter=tag_filter, min_entities=min_entities,
-                      max_entities=max_entities, node_index=node_index, workers=_workers(workers),
-                      overwrite=overwrite, reporter=reporter)
+    kind, files = classify_inputs(list(inputs))
+    if kind == "osm":
+        from gjp.osm.tiling import tile_osm
+        from gjp.tagfilter import TagFilter
+
+        output = output or Path("tiles")
+        tag_filter = TagFilter.from_options(tag_filter_file, drop_tag, keep_tag)
+        report = tile_osm(files, output, zoom=zoom, tag_filter=tag_filter, min_entities=min_entities,
+                          max_entities=max_entities, node_index=node_index, workers=_workers(workers),
+                          overwrite=overwrite, reporter=reporter)
+    else:
+        from gjp.imagery.chips import import_chips, tile_rasters
+
+        output = output or Path("images")
+        if kind == "chips":
+            report = import_chips(files, output, size=size, overwrite=overwrite, reporter=reporter)
+        else:
+            report = tile_rasters(files, output, zoom=zoom, size=size, bands=_bands(bands),
+                                  min_coverage=min_coverage, resampling=resampling,
+                                  workers=_workers(workers), overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
+
+
+def _bands(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise GjpError(f"--bands {text!r}: expected band numbers like 1,2,3") from None
 
 
 @cli.command("simplify")

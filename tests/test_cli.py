@@ -62,7 +62,7 @@ def test_missing_input_file(tmp_path):
 def test_text_file_named_pbf(tmp_path):
     bad = tmp_path / "notes.osm.pbf"
     bad.write_text("these are my notes, not OpenStreetMap data\n")
-    assert_clean_error(gjp("tile", bad, "-o", tmp_path / "t"), "notes.osm.pbf", "not an OSM file")
+    assert_clean_error(gjp("tile", bad, "-o", tmp_path / "t"), "notes.osm.pbf", "neither an OSM file")
     assert not (tmp_path / "t").exists()
 
 

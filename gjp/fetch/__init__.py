@@ -1,0 +1,1 @@
+"""``gjp fetch``: getting OSM extracts (Geofabrik) and NAIP imagery (a STAC API)."""

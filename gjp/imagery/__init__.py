@@ -1,0 +1,1 @@
+"""Aerial imagery: raster chips per tile."""
