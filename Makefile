@@ -1,11 +1,12 @@
 # gjp: two commands do everything on a fresh machine.
-#   make demo   set up .venv and run the pipeline on the bundled extract
+#   make demo   set up .venv and run the pipeline on the bundled extract and raster
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_EXTRACT := examples/data/li_liechtenstein_2015-07.osm.pbf
+DEMO_RASTER := examples/data/naip_nd_m_4709963_se_14_1_20200831_5m.tif
 DEMO_DIR := demo
 
 .PHONY: install test demo bench clean
@@ -25,6 +26,7 @@ test: install
 
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/osm_pipeline.sh $(DEMO_EXTRACT) $(DEMO_DIR)
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/imagery_pipeline.sh $(DEMO_RASTER) $(DEMO_DIR)
 
 bench: install
 	$(BIN)/python benchmarks/bench_osm.py
