@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_EXTRACT := examples/data/li_liechtenstein_2015-07.osm.pbf
 DEMO_RASTER := examples/data/naip_nd_m_4709963_se_14_1_20200831_5m.tif
+DEMO_DESCRIPTIONS := examples/data/geojepa_tag_descriptions.csv
 DEMO_DIR := demo
 
 .PHONY: install test demo bench clean
@@ -25,12 +26,13 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	PATH="$(abspath $(BIN)):$$PATH" bash examples/osm_pipeline.sh $(DEMO_EXTRACT) $(DEMO_DIR)
+	PATH="$(abspath $(BIN)):$$PATH" bash examples/pipeline.sh $(DEMO_EXTRACT) $(DEMO_DIR) $(DEMO_DESCRIPTIONS)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/imagery_pipeline.sh $(DEMO_RASTER) $(DEMO_DIR)
 
 bench: install
 	$(BIN)/python benchmarks/bench_osm.py
 	$(BIN)/python benchmarks/bench_imagery.py
+	$(BIN)/python benchmarks/bench_loader.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

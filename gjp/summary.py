@@ -1,7 +1,9 @@
-"""``gjp info``: what is in a tile-group file or directory, in a few lines."""
+"""``gjp info``: what is in any gjp output, in a few lines: tile-group files or
+directories, ``images/``, ``dataset.h5``, a task directory, a tag-embeddings file."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -83,3 +85,104 @@ def format_summary(s: dict) -> str:
         lines.append(f"  graphs: {s['vertices']} vertices, {s['geometry_edges']} geometry edges, "
                      f"{s['visibility_edges']} visibility edges in {s['multipart_entities']} multi-part entities")
     return "\n".join(lines)
+
+
+def summarize(path: str | Path) -> tuple[str, dict]:
+    """``(kind, summary)`` for any gjp output; :func:`format_any` prints it."""
+    path = Path(path)
+    if not path.exists():
+        raise GjpError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if (path / "task.json").exists():
+            return "task", summarize_task(path)
+        if (path / "index.parquet").exists():
+            return "images", summarize_images(path)
+        return "tiles", summarize_tiles(path)
+    if path.suffix in (".h5", ".hdf5"):
+        return "dataset", summarize_dataset(path)
+    if path.name == "index.parquet":
+        return "images", summarize_images(path.parent)
+    if path.suffix == ".parquet" and not GROUP_FILE.match(path.name):
+        return "tag-embeddings", summarize_tag_embeddings(path)
+    return "tiles", summarize_tiles(path)
+
+
+def format_any(kind: str, s: dict) -> str:
+    if kind == "tiles":
+        return format_summary(s)
+    if kind == "images":
+        return (f"{s['path']}: {s['chips']} image chips of {s['size']}×{s['size']} px at zoom {s['zoom']} "
+                f"(≈ {s['resolution_m']:.2f} m/px); {s['full']} fully covered, mean coverage "
+                f"{s['mean_valid']:.0%}; from {s['sources']} rasters; acquired {', '.join(s['acquired']) or 'unknown'}")
+    if kind == "dataset":
+        lines = [f"{s['path']}: gjp dataset (format {s['format_version']}, zoom {s['zoom']})"
+                 + (f", inputs of masked task {s['masked_task']}" if s.get("masked_task") else ""),
+                 f"  {s['tiles']} tiles in {s['groups']} groups; {s['entities']} entities "
+                 f"({s['entities_per_tile'][0]}/{s['entities_per_tile'][1]:g}/{s['entities_per_tile'][2]} per tile)",
+                 f"  modalities: tags ({s['tags']} tags, vocabulary {s['vocabulary']}, {s['unknown_tags']} unknown), "
+                 f"geometry ({s['nodes']} nodes, {s['geometry_edges']} + {s['visibility_edges']} edges), "
+                 f"images ({s['images']} tiles)",
+                 "  most common tags: " + ", ".join(f"{t} ({n})" for t, n in s["top_tags"])]
+        return "\n".join(lines)
+    if kind == "task":
+        lines = [f"{s['path']}: task {s['task']}{' (masked inputs)' if s['masked'] else ''}, rule {s['rule']}, "
+                 f"{s['tiles']['kept']} tiles ({s['tiles']['pruned_zero']} zero-label pruned, "
+                 f"{s['tiles']['dropped_unparsed'] + s['tiles']['dropped_missing']} unlabelled dropped)"]
+        for name in ("train", "val", "test"):
+            split = s["splits"][name]
+            if split["n"]:
+                lines.append(f"  {name}: {split['n']} tiles, label mean {split['mean']:.2f} ± {split['std']:.2f}, "
+                             f"zero {split['zero_fraction']:.0%}, dummy MAE {split['dummy_mae']:.3f}")
+        items = sorted(s["distribution"].items(), key=lambda kv: float(kv[0].lstrip("q")))
+        lines.append("  labels: " + ", ".join(f"{k}: {v:g}" if isinstance(v, float) else f"{k}: {v}"
+                                          for k, v in items))
+        return "\n".join(lines)
+    return (f"{s['path']}: {s['entries']} tag embeddings of {s['dim']} dims from {s['model']} "
+            f"({s['described']} with a description)")
+
+
+def summarize_images(directory: Path) -> dict:
+    meta = json.loads((pq.read_schema(directory / "index.parquet").metadata or {}).get(b"gjp", b"{}"))
+    rows = pq.read_table(directory / "index.parquet").to_pylist()
+    return {"path": str(directory), "zoom": meta.get("zoom"), "size": meta.get("size"), "chips": len(rows),
+            "full": sum(r["valid_fraction"] == 1.0 for r in rows),
+            "mean_valid": float(np.mean([r["valid_fraction"] for r in rows])) if rows else 0.0,
+            "resolution_m": float(np.mean([r["resolution_m"] for r in rows])) if rows else 0.0,
+            "sources": len({src for r in rows for src in r["sources"]}),
+            "acquired": sorted({r["acquired"] for r in rows if r["acquired"]})}
+
+
+def summarize_dataset(path: Path) -> dict:
+    from gjp.dataset.pack import decode, open_dataset
+
+    with open_dataset(path) as f:
+        offsets = f["tiles/entity_offsets"][()]
+        counts = np.diff(offsets)
+        tag_ids = f["entities/tag_ids"][()]
+        vocab = decode(f["vocab/tags"][()])
+        top = np.bincount(tag_ids, minlength=len(vocab))
+        order = np.argsort(-top, kind="stable")[:8]
+        return {"path": str(path), "format_version": int(f.attrs["format_version"]), "zoom": int(f.attrs["zoom"]),
+                "masked_task": f.attrs.get("masked_task"),
+                "tiles": int(len(counts)), "groups": int(len(set(f["tiles/group"][()]))),
+                "entities": int(offsets[-1]),
+                "entities_per_tile": [int(counts.min()), float(np.median(counts)), int(counts.max())] if len(counts) else [0, 0, 0],
+                "tags": int(len(tag_ids)), "vocabulary": len(vocab), "unknown_tags": int((tag_ids == 0).sum()),
+                "nodes": int(len(f["graph/nodes"])), "geometry_edges": int(len(f["graph/geometry_edges"])),
+                "visibility_edges": int(len(f["graph/visibility_edges"])),
+                "images": int(f["images/has_image"][()].sum()) if "images" in f else 0,
+                "top_tags": [(vocab[i], int(top[i])) for i in order if top[i]]}
+
+
+def summarize_task(directory: Path) -> dict:
+    stats = json.loads((directory / "stats.json").read_text())
+    return {"path": str(directory), **stats}
+
+
+def summarize_tag_embeddings(path: Path) -> dict:
+    from gjp.tag_embeddings import read_tag_embeddings
+
+    tags, vectors, meta = read_tag_embeddings(path)
+    texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    return {"path": str(path), "entries": len(tags), "dim": int(vectors.shape[1]), "model": meta.get("model"),
+            "described": sum(t.startswith(tag + ": ") for tag, t in zip(tags, texts))}

@@ -62,3 +62,28 @@ def columbus_circle():
 @pytest.fixture(scope="session")
 def west_oakland():
     return DATA / "us_ca_west_oakland_2016.osm.bz2"
+
+
+def build_graphs(pbf, root, min_entities=1):
+    """tile → simplify → bbox → visibility into ``root/graphs``."""
+    from gjp.geometry.minbox import bbox
+    from gjp.geometry.simplify import simplify
+    from gjp.geometry.visibility import visibility
+    from gjp.osm.tiling import tile_osm
+
+    tile_osm([pbf], root / "tiles", min_entities=min_entities, workers=2)
+    simplify(root / "tiles", root / "simplified", workers=2)
+    bbox(root / "simplified", root / "boxed", workers=2)
+    visibility(root / "boxed", root / "graphs", workers=2)
+    return root / "graphs"
+
+
+@pytest.fixture(scope="session")
+def monaco_dataset(tmp_path_factory, monaco):
+    """Monaco through the OSM steps and pack-h5: ``(root, graphs dir, dataset.h5)``."""
+    from gjp.dataset.pack import pack_dataset
+
+    root = tmp_path_factory.mktemp("monaco-dataset")
+    graphs = build_graphs(monaco, root)
+    pack_dataset(graphs, root / "dataset.h5")
+    return root, graphs, root / "dataset.h5"

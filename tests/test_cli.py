@@ -32,7 +32,7 @@ def assert_clean_error(result, *fragments):
 def test_help_lists_the_steps_in_pipeline_order():
     result = gjp("--help")
     assert result.returncode == 0
-    commands = result.stdout.split("Commands:")[1].split()
+    commands = [line.split()[0] for line in result.stdout.split("Commands:")[1].splitlines() if line.strip()]
     names = [w for w in commands if w in {"tile", "simplify", "bbox", "visibility"}]
     assert names == ["tile", "simplify", "bbox", "visibility"]
 
@@ -148,3 +148,21 @@ def test_info(boston, tmp_path):
     result = gjp("info", tmp_path / "tiles")
     assert result.returncode == 0 and "tiles in" in result.stdout and "entities" in result.stdout
     assert_clean_error(gjp("info", tmp_path / "nope"), "no such file or directory")
+
+
+def test_dataset_steps_from_the_command_line(boston, tmp_path):
+    from conftest import build_graphs
+
+    build_graphs(boston, tmp_path)
+    result = gjp("-q", "pack-h5", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "dataset.h5"
+    result = gjp("-q", "mktask", "building_count", "--masked", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "tasks/building_count-masked"
+    assert sorted(p.name for p in (tmp_path / "tasks" / "building_count-masked").iterdir()) == [
+        "dataset.h5", "labels.parquet", "spec.toml", "stats.json", "task.json"]
+    assert (tmp_path / "tasks" / "splits.csv").exists()
+    info = gjp("info", "tasks/building_count-masked", cwd=tmp_path)
+    assert info.returncode == 0 and "task building_count (masked inputs)" in info.stdout
+    assert_clean_error(gjp("mktask", "bridges", cwd=tmp_path), "unknown task 'bridges'")
+    assert_clean_error(gjp("pack-h5", cwd=tmp_path), "dataset.h5: already exists")
+    assert_clean_error(gjp("mktask", "bridge", "-i", "nope.h5", cwd=tmp_path), "nope.h5: no such file")

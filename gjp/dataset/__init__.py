@@ -1,0 +1,1 @@
+"""The training dataset: packing (pack.py) and the PyTorch loader (loader.py)."""

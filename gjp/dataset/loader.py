@@ -1,0 +1,224 @@
+"""The PyTorch side of ``dataset.h5``: a map-style ``Dataset`` that opens the file lazily in
+each DataLoader worker (h5py handles cannot cross process boundaries), a
+sequence-length-aware batch sampler, and a collate function producing padded tensors.
+
+    ds = TileDataset("dataset.h5")
+    loader = DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(ds.entity_counts, 32, seed=0),
+                        collate_fn=collate_tiles, num_workers=2)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from gjp.dataset.pack import NAIP_MEAN, NAIP_STD, open_dataset
+
+#: Modality ids of the tokens a model builds from a batch (DESIGN §1).
+MODALITY_PAD, MODALITY_ENTITY, MODALITY_IMAGE = 0, 1, 2
+EDGE_GEOMETRY, EDGE_VISIBILITY = 0, 1
+
+
+@dataclass
+class TileSample:
+    """One tile, as numpy arrays with entity-local CSR offsets."""
+
+    index: int
+    name: str
+    kind: np.ndarray            # [E] uint8
+    min_box: np.ndarray         # [E, 8] float32
+    tag_ids: np.ndarray         # [T] int32
+    tag_offsets: np.ndarray     # [E+1] (from 0)
+    nodes: np.ndarray           # [V, 2] float32
+    node_offsets: np.ndarray    # [E+1]
+    geometry_edges: np.ndarray  # [G, 2] entity-local node indices
+    geometry_offsets: np.ndarray
+    visibility_edges: np.ndarray
+    visibility_offsets: np.ndarray
+    image: np.ndarray | None = None   # [224, 224, 3] uint8
+    image_valid: np.ndarray | None = None
+
+
+class TileDataset(Dataset):
+    """Tiles of a ``dataset.h5``; ``indices`` restricts it to a subset (e.g. a split)."""
+
+    def __init__(self, path, indices=None, images: bool = False):
+        self.path = str(path)
+        with open_dataset(path, require_images=images) as f:
+            offsets = f["tiles/entity_offsets"][()]
+            self.names = [n.decode() for n in f["tiles/name"][()]]
+            self.has_image = f["images/has_image"][()] if "images" in f else np.zeros(len(self.names), bool)
+        self.tile_offsets = offsets
+        self.indices = np.arange(len(self.names)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self.images = images
+        self._file = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def entity_counts(self) -> np.ndarray:
+        """Entities per tile of this dataset, for :class:`LengthGroupedBatchSampler`."""
+        return np.diff(self.tile_offsets)[self.indices]
+
+    def _h5(self):
+        if self._file is None or self._pid != os.getpid():  # one handle per worker process
+            import h5py
+
+            # a 64 MiB chunk cache per dataset: random tiles re-read the same chunks
+            self._file = h5py.File(self.path, "r", rdcc_nbytes=64 * 2**20, rdcc_nslots=100_003)
+            self._pid = os.getpid()
+            self._datasets = {}
+        return self._file
+
+    def _get(self, name: str):
+        ds = self._datasets.get(name)
+        if ds is None:
+            ds = self._datasets[name] = self._file[name]
+        return ds
+
+    def __getitem__(self, i: int) -> TileSample:
+        self._h5()
+        f = self._get
+        t = int(self.indices[i])
+        e0, e1 = int(self.tile_offsets[t]), int(self.tile_offsets[t + 1])
+        tag_off = f("entities/tag_offsets")[e0:e1 + 1]
+        node_off = f("graph/node_offsets")[e0:e1 + 1]
+        geo_off = f("graph/geometry_edge_offsets")[e0:e1 + 1]
+        vis_off = f("graph/visibility_edge_offsets")[e0:e1 + 1]
+        sample = TileSample(
+            index=t, name=self.names[t],
+            kind=f("entities/kind")[e0:e1], min_box=f("entities/min_box")[e0:e1],
+            tag_ids=f("entities/tag_ids")[tag_off[0]:tag_off[-1]], tag_offsets=tag_off - tag_off[0],
+            nodes=f("graph/nodes")[node_off[0]:node_off[-1]], node_offsets=node_off - node_off[0],
+            geometry_edges=f("graph/geometry_edges")[geo_off[0]:geo_off[-1]], geometry_offsets=geo_off - geo_off[0],
+            visibility_edges=f("graph/visibility_edges")[vis_off[0]:vis_off[-1]],
+            visibility_offsets=vis_off - vis_off[0],
+        )
+        if self.images and self.has_image[t]:
+            sample.image = f("images/pixels")[t]
+            sample.image_valid = f("images/valid")[t]
+        return sample
+
+
+class LengthGroupedBatchSampler(Sampler):
+    """Batches of tiles with similar entity counts, so little of a batch is padding: draw
+    ``batch_size × group`` tiles at random, sort them by entity count, cut ``group``
+    batches, and yield those in random order. Seeded; a new order every epoch."""
+
+    def __init__(self, lengths, batch_size: int, group: int = 16, seed: int = 0, drop_last: bool = False):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.group, self.seed, self.drop_last = batch_size, group, seed, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = order[start:start + span]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            for b in range(0, len(chunk), self.batch_size):
+                batch = chunk[b:b + self.batch_size]
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch.tolist())
+        for k in rng.permutation(len(batches)):
+            yield batches[k]
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+def _graph_batch_class():
+    import warnings
+
+    with warnings.catch_warnings():
+        # torch-geometric's import uses torch.jit.script, which torch now flags as deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        from torch_geometric.data import Batch
+    return Batch
+
+
+def collate_tiles(samples: list[TileSample]) -> dict:
+    """Pad a list of tiles into a batch.
+
+    Returns a dict with ``tile_index [B]``, ``names``; per entity slot ``[B, E]``:
+    ``min_box [B,E,8]``, ``kind``, ``modality`` (0 = padding, 1 = entity),
+    ``padding_mask`` (True = padding); tags for ``nn.EmbeddingBag``: ``tag_ids`` (flat)
+    and ``tag_offsets`` (one per real entity, in batch order) with ``entity_batch`` /
+    ``entity_slot`` giving each real entity's place in ``[B, E]``; the entity graphs as one
+    torch-geometric ``Batch`` (``x`` node coordinates, ``edge_index`` both directions,
+    ``edge_type`` 0 geometry / 1 visibility, ``batch`` = the entity of each node, indexing
+    the real entities); and, when the dataset has images, ``image [B,3,224,224]``
+    (normalised with the NAIP statistics), ``image_valid [B,224,224]`` and ``has_image [B]``.
+    """
+    Batch = _graph_batch_class()
+    b = len(samples)
+    counts = np.array([len(s.kind) for s in samples], dtype=np.int64)
+    total = int(counts.sum())
+    e_max = max(int(counts.max()) if b else 0, 1)
+    entity_batch = np.repeat(np.arange(b), counts)
+    entity_slot = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    min_box = np.zeros((b, e_max, 8), dtype=np.float32)
+    min_box[entity_batch, entity_slot] = np.concatenate([s.min_box for s in samples]).reshape(-1, 8)
+    kind = np.zeros((b, e_max), dtype=np.int64)
+    kind[entity_batch, entity_slot] = np.concatenate([s.kind for s in samples]).astype(np.int64) + 1
+    padding = kind == 0
+
+    def starts(field, lengths_of):
+        """Per entity, where its items start in the batch-wide concatenation."""
+        local = np.concatenate([getattr(s, field)[:-1] for s in samples]).astype(np.int64)
+        base = np.cumsum([0] + [int(lengths_of(s)) for s in samples[:-1]])
+        return local + np.repeat(base, counts)
+
+    tag_ids = np.concatenate([s.tag_ids for s in samples]).astype(np.int64)
+    tag_offsets = starts("tag_offsets", lambda s: s.tag_offsets[-1])
+    nodes = np.concatenate([s.nodes for s in samples]).reshape(-1, 2)
+    node_start = starts("node_offsets", lambda s: s.node_offsets[-1])
+    node_counts = np.concatenate([np.diff(s.node_offsets) for s in samples]).astype(np.int64)
+    node_batch = np.repeat(np.arange(total), node_counts)
+    edge_parts, type_parts = [], []
+    for edges_field, offsets_field, edge_type in (("geometry_edges", "geometry_offsets", EDGE_GEOMETRY),
+                                                  ("visibility_edges", "visibility_offsets", EDGE_VISIBILITY)):
+        local = np.concatenate([getattr(s, edges_field) for s in samples]).reshape(-1, 2).astype(np.int64)
+        per_entity = np.concatenate([np.diff(getattr(s, offsets_field)) for s in samples]).astype(np.int64)
+        glob = local + node_start[np.repeat(np.arange(total), per_entity)][:, None]  # entity-local → batch
+        edge_parts += [glob, glob[:, ::-1]]  # both directions
+        type_parts.append(np.full(2 * len(glob), edge_type))
+    edge_index = np.ascontiguousarray(np.concatenate(edge_parts).T)
+    graph = Batch(x=torch.from_numpy(nodes), edge_index=torch.from_numpy(edge_index),
+                  edge_type=torch.from_numpy(np.concatenate(type_parts).astype(np.int64)),
+                  batch=torch.from_numpy(node_batch))
+    graph.ptr = torch.from_numpy(np.concatenate([[0], np.cumsum(node_counts)]))
+
+    padding = torch.from_numpy(padding)
+    out = {"tile_index": torch.tensor([s.index for s in samples]), "names": [s.name for s in samples],
+           "min_box": torch.from_numpy(min_box), "kind": torch.from_numpy(kind),
+           "modality": (~padding).long() * MODALITY_ENTITY, "padding_mask": padding,
+           "tag_ids": torch.from_numpy(tag_ids), "tag_offsets": torch.from_numpy(tag_offsets),
+           "entity_batch": torch.from_numpy(entity_batch), "entity_slot": torch.from_numpy(entity_slot),
+           "graph": graph}
+    if any(s.image is not None for s in samples):
+        image = torch.zeros((b, 3, 224, 224))
+        valid = torch.zeros((b, 224, 224), dtype=torch.bool)
+        has = torch.zeros(b, dtype=torch.bool)
+        mean = torch.tensor(NAIP_MEAN).view(3, 1, 1)
+        std = torch.tensor(NAIP_STD).view(3, 1, 1)
+        for i, s in enumerate(samples):
+            if s.image is not None:
+                pixels = torch.from_numpy(s.image).permute(2, 0, 1).float() / 255.0
+                image[i] = (pixels - mean) / std
+                valid[i] = torch.from_numpy(s.image_valid)
+                has[i] = True
+        out.update(image=image, image_valid=valid, has_image=has)
+    return out

@@ -1,0 +1,1 @@
+"""Downstream tasks: labels synthesised from tags per tile (``gjp mktask``)."""

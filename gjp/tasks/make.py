@@ -1,0 +1,299 @@
+"""``gjp mktask``: per-tile labels from a task spec, splits, pruning, statistics, and (for
+the masked variant) the inputs with the defining tags removed.
+
+Labels are computed from the raw tags of ``dataset.h5`` (not the vocabulary, which may fold
+rare values such as ``maxspeed=30 mph`` into ``maxspeed=*``). The train/val/test split is
+by group tile (zoom − 2), 80/10/10, drawn once with the seed and stored in
+``tasks/splits.csv``, which every task then reuses. Zero-label tiles are kept with the
+spec's ``keep_zero`` probability, decided per tile by a hash of (seed, tile), so the masked
+and unmasked variants of a task keep the same tiles.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gjp import __version__
+from gjp.dataset.pack import decode, open_dataset, read_vocabulary, write_dataset
+from gjp.errors import GjpError
+from gjp.io import atomic_directory, command_line
+from gjp.osm.reader import KINDS
+from gjp.tasks.spec import TaskSpec
+from gjp.tasks.speed import parse_number, parse_speed
+from gjp.ui import QUIET, Reporter
+
+SPLITS = ("train", "val", "test")
+FRACTIONS = (0.8, 0.1, 0.1)
+LABELS_SCHEMA = pa.schema([("tile", pa.string()), ("group", pa.string()), ("label", pa.float64()),
+                           ("split", pa.string())])
+
+
+@dataclass
+class TaskReport:
+    tiles: int = 0
+    labelled: int = 0
+    dropped_unparsed: int = 0
+    dropped_missing: int = 0
+    pruned_zero: int = 0
+    kept: int = 0
+    masked_tags: int = 0
+    dropped_entities: int = 0
+
+    def summary(self, name: str) -> str:
+        text = (f"{name}: {self.kept} tiles labelled ({self.pruned_zero} zero-label tiles pruned, "
+                f"{self.dropped_unparsed + self.dropped_missing} without a label dropped, of {self.tiles})")
+        if self.masked_tags:
+            text += f"; masked {self.masked_tags} tags, dropping {self.dropped_entities} entities left without tags"
+        return text
+
+
+# --------------------------------------------------------------------------- reading
+
+class _Tags:
+    """The raw tags of every entity of a dataset, as ids into key and value tables."""
+
+    def __init__(self, f):
+        self.tile_names = decode(f["tiles/name"][()])
+        self.groups = decode(f["tiles/group"][()])
+        self.entity_offsets = f["tiles/entity_offsets"][()]
+        self.kind = f["entities/kind"][()]
+        self.tag_offsets = f["entities/tag_offsets"][()]
+        self.key_ids = f["entities/tag_key_ids"][()]
+        self.value_ids = f["entities/tag_value_ids"][()]
+        self.keys = decode(f["strings/keys"][()])
+        self.values = decode(f["strings/values"][()])
+        self.entity_of_tag = np.repeat(np.arange(len(self.kind)), np.diff(self.tag_offsets))
+        self.tile_of_entity = np.repeat(np.arange(len(self.tile_names)), np.diff(self.entity_offsets))
+
+    def tags_where(self, key: str, allowed: tuple[str, ...] | None) -> np.ndarray:
+        """Mask over tags: key is ``key`` and the value allowed (None = any value)."""
+        try:
+            kid = self.keys.index(key)
+        except ValueError:
+            return np.zeros(len(self.key_ids), dtype=bool)
+        mask = self.key_ids == kid
+        if allowed is not None:
+            ok = np.array([v in allowed for v in self.values], dtype=bool)
+            mask &= ok[self.value_ids]
+        return mask
+
+    def entities_with(self, tag_mask: np.ndarray) -> np.ndarray:
+        return np.bincount(self.entity_of_tag[tag_mask], minlength=len(self.kind)) > 0
+
+
+def matching_entities(spec: TaskSpec, tags: _Tags) -> np.ndarray:
+    matched = np.zeros(len(tags.kind), dtype=bool)
+    for alternative in spec.match:
+        ok = np.ones(len(tags.kind), dtype=bool)
+        for key, allowed in alternative.items():
+            ok &= tags.entities_with(tags.tags_where(key, allowed))
+        matched |= ok
+    for key, allowed in spec.unless.items():
+        matched &= ~tags.entities_with(tags.tags_where(key, allowed))
+    if spec.kinds is not None:
+        codes = [KINDS.index(k) for k in spec.kinds]
+        matched &= np.isin(tags.kind, codes)
+    return matched
+
+
+def tile_labels(spec: TaskSpec, tags: _Tags) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(labels [N] float64, labelled [N] bool, counts)``: tiles without a label (rule
+    ``max``: no readable value, or no match and no ``missing``) are not labelled."""
+    n = len(tags.tile_names)
+    matched = matching_entities(spec, tags)
+    per_tile = np.bincount(tags.tile_of_entity[matched], minlength=n)
+    counts = {"dropped_unparsed": 0, "dropped_missing": 0}
+    if spec.rule == "count":
+        return per_tile.astype(np.float64), np.ones(n, dtype=bool), counts
+    if spec.rule == "any":
+        return (per_tile > 0).astype(np.float64), np.ones(n, dtype=bool), counts
+    parse = parse_speed if spec.value_parse == "speed" else parse_number
+    parsed = np.array([parse(v) if v else None for v in tags.values], dtype=object)
+    number = np.array([np.nan if p is None else p for p in parsed], dtype=np.float64)
+    value_tags = tags.tags_where(spec.value_key, None) & matched[tags.entity_of_tag]
+    values = number[tags.value_ids[value_tags]]
+    tiles = tags.tile_of_entity[tags.entity_of_tag[value_tags]]
+    best = np.full(n, -np.inf)
+    readable = ~np.isnan(values)
+    np.maximum.at(best, tiles[readable], values[readable])
+    labels = best.copy()
+    labelled = np.isfinite(best)
+    no_match = per_tile == 0
+    if spec.missing is not None:
+        labels[no_match] = spec.missing
+        labelled |= no_match
+    else:
+        counts["dropped_missing"] = int(no_match.sum())
+    unparsed = ~no_match & ~np.isfinite(best)
+    if spec.drop_unparsed:
+        counts["dropped_unparsed"] = int(unparsed.sum())
+    elif spec.missing is not None:
+        labels[unparsed] = spec.missing
+        labelled |= unparsed
+    return labels, labelled, counts
+
+
+# --------------------------------------------------------------------------- splits
+
+def load_or_make_splits(path: Path, groups: list[str], seed: int) -> dict[str, str]:
+    """Group → split, from ``path`` when it exists (groups it lacks are added by a seeded
+    hash), else a seeded 80/10/10 permutation of the groups, saved to ``path``."""
+    existing: dict[str, str] = {}
+    if path.exists():
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != ["group", "split"]:
+                raise GjpError(f"{path}: expected the columns group,split")
+            for row in reader:
+                if row["split"] not in SPLITS:
+                    raise GjpError(f"{path}: unknown split {row['split']!r} for group {row['group']}")
+                existing[row["group"]] = row["split"]
+    unique = sorted(set(groups))
+    missing = [g for g in unique if g not in existing]
+    if not missing:
+        return existing
+    if not existing:
+        order = np.random.default_rng(seed).permutation(len(unique))
+        n_train = int(round(FRACTIONS[0] * len(unique)))
+        n_val = int(round(FRACTIONS[1] * len(unique)))
+        if len(unique) >= 3:
+            n_train = min(n_train, len(unique) - 2)
+            n_val = max(n_val, 1)
+        for rank, i in enumerate(order):
+            existing[unique[i]] = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+    else:
+        for g in missing:
+            u = _unit(seed, "split", g)
+            existing[g] = "train" if u < FRACTIONS[0] else "val" if u < FRACTIONS[0] + FRACTIONS[1] else "test"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "split"])
+        for g in sorted(existing):
+            writer.writerow([g, existing[g]])
+    os.replace(tmp, path)
+    return existing
+
+
+def _unit(seed: int, purpose: str, name: str) -> float:
+    """A reproducible number in [0, 1) for (seed, purpose, name)."""
+    digest = hashlib.sha256(f"{seed}:{purpose}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+# --------------------------------------------------------------------------- the step
+
+def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | Path | None = None, *,
+              masked: bool = False, seed: int = 0, splits: str | Path | None = None,
+              overwrite: bool = False, reporter: Reporter = QUIET) -> TaskReport:
+    """``gjp mktask``: write ``tasks/NAME[-masked]/`` (see the module doc and
+    docs/FORMATS.md)."""
+    dataset = Path(dataset)
+    name = spec.name + ("-masked" if masked else "")
+    output = Path(output) if output is not None else Path("tasks") / name
+    splits = Path(splits) if splits is not None else output.parent / "splits.csv"
+    with open_dataset(dataset) as f:
+        tags = _Tags(f)
+    report = TaskReport(tiles=len(tags.tile_names))
+    labels, labelled, counts = tile_labels(spec, tags)
+    report.dropped_unparsed, report.dropped_missing = counts["dropped_unparsed"], counts["dropped_missing"]
+    labels = np.clip(labels, *spec.clamp)
+    zero = labelled & (labels == 0)
+    keep = labelled.copy()
+    for i in np.flatnonzero(zero):
+        keep[i] = _unit(seed, f"keep:{spec.name}", tags.tile_names[i]) < spec.keep_zero
+    report.labelled = int(labelled.sum())
+    report.pruned_zero = int((zero & ~keep).sum())
+    report.kept = int(keep.sum())
+    if report.kept == 0:
+        raise GjpError(f"{dataset}: task {spec.name}: no tile gets a label (nothing matches?)")
+    split_of = load_or_make_splits(splits, tags.groups, seed)
+    kept = np.flatnonzero(keep)
+    rows = {"tile": [tags.tile_names[i] for i in kept], "group": [tags.groups[i] for i in kept],
+            "label": labels[kept], "split": [split_of[tags.groups[i]] for i in kept]}
+    stats = task_stats(spec, rows, report, masked, seed)
+    task_info = {"task": spec.name, "masked": masked, "rule": spec.rule, "clamp": list(spec.clamp),
+                 "seed": seed, "gjp_version": __version__, "command": command_line(),
+                 "source_dataset": str(dataset.resolve()), "splits": str(splits)}
+    with atomic_directory(output, overwrite) as staging:
+        pq.write_table(pa.table(rows, schema=LABELS_SCHEMA), staging / "labels.parquet")
+        if masked:
+            masked_counts = write_masked_dataset(spec, dataset, staging / "dataset.h5", kept, reporter)
+            report.masked_tags, report.dropped_entities = masked_counts
+            stats["masked"] = {"tags_removed": report.masked_tags, "entities_dropped": report.dropped_entities}
+            task_info["dataset"] = "dataset.h5"
+        else:
+            task_info["dataset"] = os.path.relpath(dataset.resolve(), output.resolve().parent / output.name)
+        (staging / "spec.toml").write_text(spec.source, encoding="utf-8")
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
+        (staging / "task.json").write_text(json.dumps(task_info, indent=2, sort_keys=True), encoding="utf-8")
+    return report
+
+
+def task_stats(spec: TaskSpec, rows: dict, report: TaskReport, masked: bool, seed: int) -> dict:
+    labels = np.asarray(rows["label"], dtype=np.float64)
+    split = np.asarray(rows["split"])
+    train = labels[split == "train"]
+    median = float(np.median(train)) if len(train) else float(np.median(labels))
+    per_split = {}
+    for name in SPLITS:
+        y = labels[split == name]
+        per_split[name] = {
+            "n": int(len(y)),
+            "mean": float(y.mean()) if len(y) else None, "std": float(y.std()) if len(y) else None,
+            "min": float(y.min()) if len(y) else None, "max": float(y.max()) if len(y) else None,
+            "zero_fraction": float((y == 0).mean()) if len(y) else None,
+            "dummy_mae": float(np.abs(y - median).mean()) if len(y) else None,
+        }
+    distinct = Counter(labels.tolist())
+    if len(distinct) <= 30:
+        distribution = {_label_text(k): v for k, v in sorted(distinct.items())}
+    else:
+        qs = (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)
+        distribution = {f"q{int(q * 100)}": float(np.quantile(labels, q)) for q in qs}
+    return {"task": spec.name, "masked": masked, "rule": spec.rule, "seed": seed,
+            "tiles": {"in_dataset": report.tiles, "labelled": report.labelled,
+                      "dropped_unparsed": report.dropped_unparsed, "dropped_missing": report.dropped_missing,
+                      "pruned_zero": report.pruned_zero, "kept": report.kept},
+            "dummy": {"prediction": median, "rule": "median of the train labels"},
+            "splits": per_split, "distribution": distribution}
+
+
+def _label_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# --------------------------------------------------------------------------- masked inputs
+
+def write_masked_dataset(spec: TaskSpec, source: Path, output: Path, tiles: np.ndarray,
+                         reporter: Reporter = QUIET) -> tuple[int, int]:
+    """The task's tiles of ``source`` without the tags ``spec.mask`` names (relation tags
+    too: they are entity tags like any other), dropping entities left without tags. Same
+    format and vocabulary, so every later step reads it unchanged."""
+    from gjp.dataset.subset import subset_dataset
+
+    with open_dataset(source) as f:
+        keys = decode(f["strings/keys"][()])
+        values = decode(f["strings/values"][()])
+        key_ids = f["entities/tag_key_ids"][()]
+        value_ids = f["entities/tag_value_ids"][()]
+    pairs = key_ids.astype(np.int64) * len(values) + value_ids
+    unique, inverse = np.unique(pairs, return_inverse=True)
+    removed_pair = np.array([spec.masks(keys[p // len(values)], values[p % len(values)]) for p in unique], bool)
+    keep_tag = ~removed_pair[inverse.reshape(-1)]
+    vocab = read_vocabulary(source)
+    extra = {"masked_task": spec.name, "mask": json.dumps(list(spec.mask))}
+    dropped = subset_dataset(source, output, tiles, keep_tag, vocab, extra, reporter)
+    return int((~keep_tag).sum()), dropped

@@ -1,0 +1,169 @@
+"""dataset.h5 (pack-h5) and the PyTorch loader."""
+
+import json
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset, collate_tiles
+from gjp.dataset.pack import UNKNOWN, Vocabulary, decode, pack_dataset, read_vocabulary
+from gjp.errors import GjpError
+
+
+def graphs_table(graphs):
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(graphs.glob("*.parquet"))])
+    order = np.argsort(np.array(table.column("tile").to_pylist(), dtype=object), kind="stable")
+    return table.take(order)
+
+
+def test_csr_invariants(monaco_dataset):
+    _, _, path = monaco_dataset
+    with h5py.File(path) as f:
+        n_tiles = len(f["tiles/name"])
+        n_entities = len(f["entities/kind"])
+        for offsets, flat in (("tiles/entity_offsets", "entities/kind"), ("entities/tag_offsets", "entities/tag_ids"),
+                              ("graph/node_offsets", "graph/nodes"),
+                              ("graph/geometry_edge_offsets", "graph/geometry_edges"),
+                              ("graph/visibility_edge_offsets", "graph/visibility_edges")):
+            o = f[offsets][()]
+            assert o[0] == 0 and o[-1] == len(f[flat]) and np.all(np.diff(o) >= 0), offsets
+            assert len(o) == (n_tiles if offsets.startswith("tiles") else n_entities) + 1
+        assert len(f["entities/tag_key_ids"]) == len(f["entities/tag_ids"]) == len(f["entities/tag_value_ids"])
+        assert f["entities/tag_ids"][()].max() < len(f["vocab/tags"])
+        names = decode(f["tiles/name"][()])
+        assert names == sorted(names) and len(set(names)) == len(names)
+        node_counts = np.diff(f["graph/node_offsets"][()])
+        for kind in ("geometry", "visibility"):
+            edges = f[f"graph/{kind}_edges"][()]
+            owner = np.repeat(np.arange(n_entities), np.diff(f[f"graph/{kind}_edge_offsets"][()]))
+            assert np.all(edges >= 0) and np.all(edges < node_counts[owner][:, None])
+        assert f.attrs["format"] == "gjp-dataset" and f.attrs["zoom"] == 16 and "command" in f.attrs
+
+
+def test_graphs_round_trip_through_dataset_and_loader(monaco_dataset):
+    _, graphs, path = monaco_dataset
+    table = graphs_table(graphs)
+    vocab = read_vocabulary(path)
+    ds = TileDataset(path)
+    rows = table.select(["tile", "kind", "tags", "min_box", "vertices", "geometry_edges",
+                         "visibility_edges"]).to_pylist()
+    by_tile = {}
+    for r in rows:
+        by_tile.setdefault(r["tile"], []).append(r)
+    assert ds.names == sorted(by_tile)
+    loader = torch.utils.data.DataLoader(ds, batch_size=7, collate_fn=collate_tiles)
+    seen = 0
+    for batch in loader:
+        for b, name in enumerate(batch["names"]):
+            expected = by_tile[name]
+            n = len(expected)
+            assert int((~batch["padding_mask"][b]).sum()) == n
+            np.testing.assert_allclose(batch["min_box"][b, :n].numpy(),
+                                       np.array([r["min_box"] for r in expected], dtype=np.float32))
+        # tags: EmbeddingBag offsets of the real entities, in batch order
+        ends = torch.cat([batch["tag_offsets"][1:], torch.tensor([len(batch["tag_ids"])])])
+        graph = batch["graph"]
+        for j, (b, slot) in enumerate(zip(batch["entity_batch"].tolist(), batch["entity_slot"].tolist())):
+            r = by_tile[batch["names"][b]][slot]
+            ids = batch["tag_ids"][batch["tag_offsets"][j]:ends[j]].tolist()
+            assert ids == [vocab.lookup(k, v) for k, v in r["tags"]]
+            nodes = graph.x[graph.batch == j].numpy()
+            np.testing.assert_allclose(nodes, np.array(r["vertices"], dtype=np.float32).reshape(-1, 2))
+            first = int(graph.ptr[j])
+            for kind, code in (("geometry_edges", 0), ("visibility_edges", 1)):
+                sel = (graph.edge_type == code) & (graph.batch[graph.edge_index[0]] == j)
+                got = {tuple(e) for e in (graph.edge_index[:, sel].T - first).tolist()}
+                want = {tuple(e) for e in r[kind]} | {tuple(e[::-1]) for e in r[kind]}
+                assert got == want
+            seen += 1
+    assert seen == table.num_rows
+
+
+def test_vocabulary_falls_back_to_key_star_and_unknown():
+    tags = [[("amenity", "bench")]] * 5 + [[("amenity", "fountain"), ("name", "A")], [("name", "B")]]
+    vocab = Vocabulary.build(tags, min_count=5)
+    assert vocab.entries[0] == UNKNOWN and "amenity=bench" in vocab.index
+    assert vocab.lookup("amenity", "fountain") == vocab.index["amenity=*"]
+    assert vocab.lookup("name", "C") == vocab.index["name=*"]
+    assert vocab.lookup("shop", "bakery") == 0
+    assert vocab.counts[vocab.index["amenity=bench"]] == 5 and vocab.counts[vocab.index["name=*"]] == 2
+
+
+def test_reusing_a_vocabulary_maps_unseen_keys_to_unknown(monaco_dataset, boston, tmp_path):
+    from conftest import build_graphs
+
+    _, _, monaco_path = monaco_dataset
+    graphs = build_graphs(boston, tmp_path)
+    report = pack_dataset(graphs, tmp_path / "boston.h5", vocabulary_from=monaco_path)
+    assert read_vocabulary(tmp_path / "boston.h5").entries == read_vocabulary(monaco_path).entries
+    assert report.unknown_tags > 0  # Boston has keys Monaco never uses
+
+
+def test_length_grouped_sampler():
+    lengths = np.random.default_rng(0).integers(1, 500, size=1000)
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=32, group=8, seed=3)
+    batches = list(sampler)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000)) and len(batches) == len(sampler)
+    # little padding: within a batch the lengths are close
+    spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+    random_spread = np.mean([lengths[b].max() - lengths[b].min() for b in np.array_split(np.arange(1000), 32)])
+    assert spread < random_spread / 4
+    assert [b for b in LengthGroupedBatchSampler(lengths, 32, 8, seed=3)] == batches  # seeded
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order each epoch
+
+
+def test_images_are_packed_and_normalised(monaco_dataset, tmp_path):
+    from gjp.imagery.chips import import_chips
+
+    _, graphs, path = monaco_dataset
+    names = TileDataset(path).names[:3]
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    rng = np.random.default_rng(0)
+    for name in names:
+        rgba = rng.integers(0, 256, size=(224, 224, 4), dtype=np.uint8)
+        rgba[:, :, 3] = 255
+        rgba[:10, :, 3] = 0  # a nodata strip
+        Image.fromarray(rgba, mode="RGBA").save(chips / f"{name}.png")
+    import_chips(sorted(chips.glob("*.png")), tmp_path / "images")
+    pack_dataset(graphs, tmp_path / "with_images.h5", images_dir=tmp_path / "images")
+    ds = TileDataset(tmp_path / "with_images.h5", images=True)
+    assert ds.has_image.sum() == 3 and ds.has_image[:3].all()
+    batch = collate_tiles([ds[0], ds[len(ds) - 1]])
+    assert batch["has_image"].tolist() == [True, False]
+    original = np.asarray(Image.open(chips / f"{names[0]}.png"))[:, :, :3].astype(np.float32) / 255
+    original[:10] = 0  # nodata pixels are stored as 0
+    mean, std = np.array([0.4692, 0.4768, 0.4254]), np.array([0.1064, 0.0799, 0.0815])
+    np.testing.assert_allclose(batch["image"][0].numpy(), ((original - mean) / std).transpose(2, 0, 1), atol=1e-5)
+    assert not batch["image_valid"][0, :10].any() and batch["image_valid"][0, 10:].all()
+    with pytest.raises(GjpError, match="has no images"):
+        TileDataset(path, images=True)
+
+
+def test_bad_inputs_are_explained(monaco_dataset, tmp_path):
+    _, graphs, path = monaco_dataset
+    old = tmp_path / "old_graphs"
+    old.mkdir()
+    f = sorted(graphs.glob("*.parquet"))[0]
+    table = pq.read_table(f)
+    meta = json.loads(table.schema.metadata[b"gjp"])
+    meta["format_version"] = 0
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"gjp": json.dumps(meta).encode()}),
+                   old / f.name)
+    with pytest.raises(GjpError, match="format version 0"):
+        pack_dataset(old, tmp_path / "x.h5")
+    with pytest.raises(GjpError, match="has no column"):
+        pack_dataset(graphs.parent / "tiles", tmp_path / "x.h5")
+    with pytest.raises(GjpError, match="already exists"):
+        pack_dataset(graphs, path)
+    (tmp_path / "fake.h5").write_text("not hdf5")
+    with pytest.raises(GjpError, match="not an HDF5 file"):
+        TileDataset(tmp_path / "fake.h5")
+    assert not list(tmp_path.glob(".*partial*"))
