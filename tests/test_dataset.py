@@ -167,3 +167,13 @@ def test_bad_inputs_are_explained(monaco_dataset, tmp_path):
     with pytest.raises(GjpError, match="not an HDF5 file"):
         TileDataset(tmp_path / "fake.h5")
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_loader_workers_open_the_file_themselves(monaco_dataset):
+    _, _, path = monaco_dataset
+    ds = TileDataset(path)
+    assert ds._file is None  # nothing open in the parent: h5py handles do not cross processes
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(ds.entity_counts, 16, seed=0),
+                                         collate_fn=collate_tiles, num_workers=2)
+    names = [n for batch in loader for n in batch["names"]]
+    assert sorted(names) == ds.names
