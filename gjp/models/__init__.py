@@ -1,0 +1,1 @@
+"""Embedding models: baselines now (baselines.py), GeoJEPA later; `gjp embed` (embed.py)."""

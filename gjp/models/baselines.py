@@ -1,0 +1,155 @@
+"""Baseline embedders that every score table needs (DESIGN §1 "Evaluation").
+
+* ``tagcount``: per tile, ``log1p`` of how many of its tags fall on each vocabulary entry
+  (a bag of tags; the log keeps a tile of 800 buildings from drowning every other tag).
+* ``tagpool``: an entity is the mean of its tags' sentence embeddings
+  (``tag-embeddings.parquet``); a tile is ``[mean ‖ max]`` over its entities (padding never
+  enters either), 2 × 384 = 768 dims. The entity embeddings are written too.
+* ``vit_b_16`` / ``resnet50``: torchvision image backbones on the tile's chip (the ViT's CLS
+  token, ResNet's pooled features), with ``--weights imagenet`` (torchvision downloads
+  them), ``none`` (random, seeded) or a local state-dict file. Tiles without an image are
+  skipped, and counted.
+
+New models plug in through :data:`EMBEDDERS` (name → function).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gjp.dataset.pack import NAIP_MEAN, NAIP_STD, decode, open_dataset
+from gjp.errors import GjpError
+from gjp.ui import QUIET, Reporter
+
+IMAGE_MODELS = ("vit_b_16", "resnet50")
+
+
+@dataclass
+class EmbedResult:
+    names: list[str]
+    vectors: np.ndarray
+    params: dict = field(default_factory=dict)
+    skipped: int = 0            # tiles without the input the model needs
+    entity_offsets: np.ndarray | None = None
+    entity_vectors: np.ndarray | None = None
+    entity_osm_type: np.ndarray | None = None
+    entity_osm_id: np.ndarray | None = None
+
+
+def tagcount(dataset: Path, **_) -> EmbedResult:
+    with open_dataset(dataset) as f:
+        names = decode(f["tiles/name"][()])
+        tile_offsets = f["tiles/entity_offsets"][()]
+        tag_offsets = f["entities/tag_offsets"][()]
+        tag_ids = f["entities/tag_ids"][()]
+        vocab_size = len(f["vocab/tags"])
+    tag_tile = np.repeat(np.repeat(np.arange(len(names)), np.diff(tile_offsets)), np.diff(tag_offsets))
+    counts = np.zeros((len(names), vocab_size), dtype=np.float32)
+    np.add.at(counts, (tag_tile, tag_ids), 1.0)
+    return EmbedResult(names, np.log1p(counts), {"scaling": "log1p(count)", "vocabulary": vocab_size})
+
+
+def tagpool(dataset: Path, tag_embeddings: str | Path = "tag-embeddings.parquet", **_) -> EmbedResult:
+    import torch
+
+    from gjp.tag_embeddings import read_tag_embeddings
+
+    tags, table, meta = read_tag_embeddings(tag_embeddings)
+    with open_dataset(dataset) as f:
+        names = decode(f["tiles/name"][()])
+        tile_offsets = f["tiles/entity_offsets"][()]
+        tag_offsets = f["entities/tag_offsets"][()]
+        tag_ids = f["entities/tag_ids"][()]
+        vocab = decode(f["vocab/tags"][()])
+        osm_type, osm_id = f["entities/osm_type"][()], f["entities/osm_id"][()]
+    if tags != vocab:
+        raise GjpError(f"{tag_embeddings}: made for another vocabulary than {dataset}'s "
+                       f"(run `gjp embed-tags -i {dataset}`)")
+    bag = torch.nn.EmbeddingBag.from_pretrained(torch.from_numpy(table.copy()), mode="mean")
+    with torch.no_grad():
+        entity = bag(torch.from_numpy(tag_ids.astype(np.int64)),
+                     torch.from_numpy(tag_offsets[:-1].astype(np.int64))).numpy()
+    n, dim = len(names), table.shape[1]
+    mean = np.zeros((n, dim), dtype=np.float32)
+    peak = np.zeros((n, dim), dtype=np.float32)
+    counts = np.diff(tile_offsets)
+    tile_of_entity = np.repeat(np.arange(n), counts)
+    np.add.at(mean, tile_of_entity, entity)
+    mean[counts > 0] /= counts[counts > 0, None]
+    peak[:] = -np.inf
+    np.maximum.at(peak, tile_of_entity, entity)
+    peak[counts == 0] = 0.0  # a tile without entities: zeros, not -inf
+    return EmbedResult(names, np.concatenate([mean, peak], axis=1),
+                       {"pooling": "entity = mean of tag embeddings; tile = [mean, max] over entities",
+                        "tag_model": meta.get("model"), "tag_embeddings": str(tag_embeddings)},
+                       entity_offsets=tile_offsets, entity_vectors=entity.astype(np.float32),
+                       entity_osm_type=osm_type, entity_osm_id=osm_id)
+
+
+def image_backbone(dataset: Path, model: str, weights: str = "none", seed: int = 0, batch_size: int = 16,
+                   device: str = "cpu", reporter: Reporter = QUIET, **_) -> EmbedResult:
+    import torch
+
+    net = _backbone(model, weights, seed)
+    net.eval().to(device)
+    with open_dataset(dataset, require_images=True) as f:
+        names = decode(f["tiles/name"][()])
+        has = f["images/has_image"][()]
+        pixels = f["images/pixels"]
+        rows = np.flatnonzero(has)
+        mean = torch.tensor(NAIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(NAIP_STD).view(1, 3, 1, 1)
+        out = []
+        bar = reporter.progress(total=len(rows), desc=f"{model} embeddings", unit=" tile")
+        with torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                batch = torch.from_numpy(np.stack([pixels[int(i)] for i in rows[start:start + batch_size]]))
+                x = ((batch.permute(0, 3, 1, 2).float() / 255.0) - mean) / std
+                x = x.to(device)
+                if device == "cuda":
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        y = net(x)
+                else:
+                    y = net(x)
+                out.append(y.float().cpu().numpy())
+                bar.update(len(x))
+        bar.close()
+    vectors = np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
+    return EmbedResult([names[i] for i in rows], vectors, {"weights": weights, "seed": seed},
+                       skipped=int((~has).sum()))
+
+
+def _backbone(model: str, weights: str, seed: int):
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    if model not in IMAGE_MODELS:
+        raise GjpError(f"unknown image model {model!r}: choose one of {', '.join(IMAGE_MODELS)}")
+    head = "heads" if model == "vit_b_16" else "fc"
+    try:
+        net = getattr(torchvision.models, model)(weights="DEFAULT" if weights == "imagenet" else None)
+    except OSError as err:  # urllib's URLError is an OSError: no network, or no space
+        raise GjpError(f"cannot download the ImageNet weights of {model} ({err}); use --weights none, "
+                       "or a local state-dict file") from err
+    if weights not in ("imagenet", "none"):
+        path = Path(weights)
+        if not path.exists():
+            raise GjpError(f"--weights {weights}: not imagenet, none, or an existing file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise GjpError(f"{path}: not a PyTorch state dict ({type(err).__name__})") from err
+        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+        missing, _ = net.load_state_dict(state, strict=False)
+        if [m for m in missing if not m.startswith(head + ".")]:
+            raise GjpError(f"{path}: does not fit {model} (missing {missing[0]} …)")
+    setattr(net, head, torch.nn.Identity())  # the CLS token / pooled features
+    return net
+
+
+EMBEDDERS = {"tagcount": tagcount, "tagpool": tagpool,
+             **{m: (lambda dataset, _m=m, **kw: image_backbone(dataset, _m, **kw)) for m in IMAGE_MODELS}}

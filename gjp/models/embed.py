@@ -1,0 +1,62 @@
+"""``gjp embed``: run an embedding model over a dataset (or a task's inputs) and write
+``embeddings/NAME.h5``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gjp.embeddings import write_embeddings
+from gjp.errors import GjpError
+from gjp.io import check_output_free
+from gjp.models.baselines import EMBEDDERS
+from gjp.ui import QUIET, Reporter
+
+
+@dataclass
+class EmbedStepReport:
+    tiles: int
+    dim: int
+    skipped: int
+    output: Path
+
+    def summary(self, model: str) -> str:
+        text = f"{model}: {self.tiles} tile embeddings of {self.dim} dims -> {self.output}"
+        return text + (f" ({self.skipped} tiles without an image skipped)" if self.skipped else "")
+
+
+def task_inputs(task_dir: str | Path) -> tuple[Path, str]:
+    """The dataset a task lets a model see, and the task's name."""
+    task_dir = Path(task_dir)
+    info_path = task_dir / "task.json"
+    if not info_path.exists():
+        raise GjpError(f"{task_dir}: not a task directory (no task.json; make one with `gjp mktask`)")
+    info = json.loads(info_path.read_text())
+    dataset = (task_dir / info["dataset"]).resolve()
+    return dataset, task_dir.name
+
+
+def default_output(model: str, task: str | None) -> Path:
+    return Path("embeddings") / (f"{model}__{task}.h5" if task else f"{model}.h5")
+
+
+def embed(model: str, dataset: str | Path = "dataset.h5", output: str | Path | None = None, *,
+          task: str | Path | None = None, overwrite: bool = False, reporter: Reporter = QUIET,
+          **options) -> EmbedStepReport:
+    """Embed every tile of ``dataset`` (or of ``task``'s inputs) with ``model``."""
+    if model not in EMBEDDERS:
+        raise GjpError(f"unknown model {model!r}: choose one of {', '.join(EMBEDDERS)}")
+    task_name = None
+    if task is not None:
+        dataset, task_name = task_inputs(task)
+    output = Path(output) if output is not None else default_output(model, task_name)
+    check_output_free(output, overwrite)
+    result = EMBEDDERS[model](Path(dataset), reporter=reporter, **options)
+    if len(result.names) == 0:
+        raise GjpError(f"{dataset}: {model} has nothing to embed (no tile has its input)")
+    write_embeddings(output, result.names, result.vectors, model=model, dataset=str(dataset), task=task_name,
+                     params=result.params, entity_offsets=result.entity_offsets,
+                     entity_vectors=result.entity_vectors, entity_osm_type=result.entity_osm_type,
+                     entity_osm_id=result.entity_osm_id)
+    return EmbedStepReport(len(result.names), int(result.vectors.shape[1]), result.skipped, output)

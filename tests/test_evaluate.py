@@ -1,0 +1,175 @@
+"""Probes, nearest neighbours, the score table and the baseline embedders."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from gjp.embeddings import read_embeddings, write_embeddings
+from gjp.evaluate.knn import search
+from gjp.evaluate.probe import ProbeConfig, fit_head, metrics, probe
+from gjp.evaluate.score import render, score_table
+
+
+def synthetic_task(tmp_path, x, y, name="synthetic", clamp=(-1e9, 1e9)):
+    """A task directory and an embeddings file over tiles t0 … tN."""
+    n = len(y)
+    tiles = [f"16_{i}_0" for i in range(n)]
+    split = np.array(["train"] * n, dtype=object)
+    split[int(0.6 * n):int(0.8 * n)] = "val"
+    split[int(0.8 * n):] = "test"
+    task = tmp_path / name
+    task.mkdir()
+    pq.write_table(pa.table({"tile": tiles, "group": tiles, "label": y.astype(float), "split": list(split)}),
+                   task / "labels.parquet")
+    (task / "task.json").write_text(json.dumps({"task": name, "masked": False, "clamp": list(clamp)}))
+    (task / "stats.json").write_text("{}")
+    write_embeddings(tmp_path / f"{name}.h5", tiles, x, model="synthetic", dataset="none")
+    return task, tmp_path / f"{name}.h5"
+
+
+def test_linear_probe_recovers_a_linear_signal(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1500, 16))
+    w = rng.normal(size=16)
+    y = x @ w + rng.normal(scale=0.1, size=1500)  # noise MAE ≈ 0.08
+    task, emb = synthetic_task(tmp_path, x, y)
+    _, r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="linear", seeds=3, max_epochs=2000))
+    assert r["test_mae_mean"] < 0.15 < r["dummy"]["test_mae"] / 10
+    assert r["n"] == {"train": 900, "val": 300, "test": 300}
+
+
+def test_probe_on_noise_does_not_beat_the_dummy(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 32))
+    y = rng.normal(size=600)
+    task, emb = synthetic_task(tmp_path, x, y)
+    _, r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="mlp", seeds=2))
+    assert r["test_mae_mean"] > 0.9 * r["dummy"]["test_mae"]
+
+
+def test_early_stopping_restores_the_best_epoch_and_is_deterministic():
+    rng = np.random.default_rng(2)
+    x = {s: rng.normal(size=(n, 64)) for s, n in (("train", 60), ("val", 200), ("test", 200))}
+    w = rng.normal(size=64)
+    y = {s: v @ w + rng.normal(scale=2.0, size=len(v)) for s, v in x.items()}  # few samples: it overfits
+    config = ProbeConfig(head="mlp", hidden=512, patience=30, max_epochs=400)
+    fit = fit_head(x, y, (-1e9, 1e9), config, seed=0)
+    assert fit["best_epoch"] < fit["epochs"] - 1  # it kept training past the best epoch …
+    assert metrics(fit["val"], y["val"], False)["mae"] == pytest.approx(fit["best_val_mae"])  # … and went back
+    again = fit_head(x, y, (-1e9, 1e9), config, seed=0)
+    np.testing.assert_array_equal(fit["test"], again["test"])
+
+
+def test_binary_metrics_and_clamping(tmp_path):
+    assert metrics(np.array([0.9, 0.2, 0.7, 0.1]), np.array([1.0, 0.0, 0.0, 1.0]), True) == {
+        "mae": pytest.approx((0.1 + 0.2 + 0.7 + 0.9) / 4), "accuracy": 0.5, "f1": 0.5}
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 4))
+    y = (x[:, 0] > 0).astype(float)
+    task, emb = synthetic_task(tmp_path, x, y, clamp=(0, 1))
+    _, r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="mlp", seeds=2))
+    assert r["binary"] and r["test_accuracy_mean"] > 0.8 and "test_f1_mean" in r
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_is_exact_excludes_self_and_breaks_ties_by_index(metric):
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=(500, 8)).astype(np.float32)
+    base[100] = base[7]  # a duplicate of a query: distance 0, and ties
+    base[300] = base[7]
+    queries = np.array([7, 42, 499])
+    idx, dist = search(base, base[queries], 5, metric, exclude=queries, chunk_rows=64)
+    if metric == "cosine":
+        unit = base / np.linalg.norm(base, axis=1, keepdims=True)
+        full = 1 - unit[queries] @ unit.T
+    else:
+        full = np.linalg.norm(base[queries][:, None] - base[None], axis=2)
+    for q, row in enumerate(queries):
+        full[q, row] = np.inf
+        expected = np.lexsort((np.arange(500), np.round(full[q], 5)))[:5]
+        assert idx[q].tolist() == expected.tolist()
+        np.testing.assert_allclose(dist[q], full[q][expected], atol=1e-4)
+        assert row not in idx[q]
+    assert idx[0][:2].tolist() == [100, 300]  # the two duplicates first, in index order
+
+
+def test_score_is_the_harmonic_mean_of_best_over_mae():
+    def result(model, task, mae, dummy):
+        return {"model": model, "head": "mlp", "task": task, "test_mae_mean": mae, "test_mae_sd": 0.1,
+                "dummy": {"test_mae": dummy}}
+
+    probes = [result("a", "t1", 1.0, 4.0), result("a", "t2", 4.0, 8.0),
+              result("b", "t1", 2.0, 4.0), result("b", "t2", 2.0, 8.0)]
+    tasks, rows = score_table(probes, [{"model": "a", "precision_mean": 0.5}])
+    by = {r["name"]: r for r in rows}
+    # a: ratios 1 and 0.5 → 2 / (1 + 2) = 2/3; b: 0.5 and 1 → 2/3; dummy: 0.25, 0.25 → 0.25
+    assert by["a (mlp)"]["score"] == pytest.approx(2 / 3) and by["b (mlp)"]["score"] == pytest.approx(2 / 3)
+    assert by["Dummy (train median)"]["score"] == pytest.approx(0.25)
+    assert rows[-1]["name"] == "Dummy (train median)" and by["a (mlp)"]["precision"] == 0.5
+    table = render(tasks, rows)
+    assert table.splitlines()[0] == "| model | t1 | t2 | score | precision@k |"
+    assert "1 ± 0.1" in table and render(tasks, rows, as_csv=True).startswith("model,t1,t2,score")
+
+
+def test_tagpool_is_the_mean_and_max_of_tag_vectors(monaco_dataset, tmp_path):
+    import h5py
+
+    from gjp.models.baselines import tagcount, tagpool
+    from gjp.tag_embeddings import FORMAT
+
+    _, _, dataset = monaco_dataset
+    with h5py.File(dataset) as f:
+        vocab = [v.decode() for v in f["vocab/tags"][()]]
+        tile_offsets = f["tiles/entity_offsets"][()]
+        tag_offsets = f["entities/tag_offsets"][()]
+        tag_ids = f["entities/tag_ids"][()]
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(len(vocab), 6)).astype(np.float32)
+    path = tmp_path / "tags.parquet"
+    pq.write_table(pa.table({"tag": vocab, "text": vocab,
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(table.ravel()), 6)})
+                   .replace_schema_metadata({b"gjp": json.dumps({"format": FORMAT, "model": "test"}).encode()}), path)
+    result = tagpool(dataset, tag_embeddings=path)
+    counts = tagcount(dataset)
+    for t in (0, 5, len(tile_offsets) - 2):
+        entities = []
+        for e in range(tile_offsets[t], tile_offsets[t + 1]):
+            entities.append(table[tag_ids[tag_offsets[e]:tag_offsets[e + 1]]].mean(axis=0))
+        entities = np.array(entities)
+        np.testing.assert_allclose(result.vectors[t], np.concatenate([entities.mean(0), entities.max(0)]), rtol=1e-5)
+        np.testing.assert_allclose(result.entity_vectors[tile_offsets[t]:tile_offsets[t + 1]], entities, rtol=1e-5)
+        ids = tag_ids[tag_offsets[tile_offsets[t]]:tag_offsets[tile_offsets[t + 1]]]
+        np.testing.assert_allclose(counts.vectors[t], np.log1p(np.bincount(ids, minlength=len(vocab))))
+
+
+@pytest.mark.slow
+def test_image_backbone_on_real_naip_chips(monaco_dataset, tmp_path):
+    """ViT-B/16 with random (seeded) weights on the real NAIP chips, named after dataset tiles."""
+    import shutil
+    from pathlib import Path
+
+    from gjp.dataset.loader import TileDataset
+    from gjp.dataset.pack import pack_dataset
+    from gjp.imagery.chips import import_chips
+    from gjp.models.embed import embed
+
+    _, graphs, dataset = monaco_dataset
+    names = TileDataset(dataset).names[:4]
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    real = sorted((Path(__file__).parent / "data" / "naip_z16").glob("*.webp"))
+    for name, src in zip(names, real):
+        shutil.copy(src, chips / f"{name}.webp")
+    import_chips(sorted(chips.glob("*.webp")), tmp_path / "images")
+    pack_dataset(graphs, tmp_path / "with_images.h5", images_dir=tmp_path / "images")
+    report = embed("vit_b_16", tmp_path / "with_images.h5", tmp_path / "vit.h5", weights="none", batch_size=4)
+    emb = read_embeddings(tmp_path / "vit.h5")
+    assert emb.names == names and emb.vectors.shape == (4, 768) and np.isfinite(emb.vectors).all()
+    assert report.skipped == len(TileDataset(dataset)) - 4
+    again = embed("vit_b_16", tmp_path / "with_images.h5", tmp_path / "vit2.h5", weights="none", batch_size=4)
+    np.testing.assert_allclose(read_embeddings(tmp_path / "vit2.h5").vectors, emb.vectors, atol=1e-5)  # seeded
+    assert again.tiles == 4
+    assert np.linalg.norm(emb.vectors[0] - emb.vectors[1]) > 1e-3  # different chips, different vectors
