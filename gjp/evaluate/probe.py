@@ -144,6 +144,9 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
         x[name] = emb.vectors[[where[tiles[i]] for i in have]].astype(np.float64)
         y[name] = labels[have]
     for name in ("train", "val", "test"):
+        if len(splits[name][0]) == 0:
+            raise GjpError(f"{task_dir}: the task has no {name} tiles (too few tiles or groups for a "
+                           "train/val/test split; make the task on a larger area)")
         if len(y[name]) == 0:
             raise GjpError(f"{task_dir}: no {name} tile has an embedding in {embeddings}")
     binary = set(np.unique(np.concatenate(list(y.values())))) <= {0.0, 1.0}

@@ -1,0 +1,33 @@
+"""The demo's pipeline (examples/pipeline.sh) end to end, on the smallest extract it
+works on: every step, through the command line, as a user runs it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_pipeline_script_runs_end_to_end(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DESCRIPTIONS": str(ROOT / "examples/data/geojepa_tag_descriptions.csv")}
+    run = subprocess.run(["bash", str(ROOT / "examples/pipeline.sh"), str(tmp_path / "ws"),
+                          str(ROOT / "examples/data/li_liechtenstein_2015-07.osm.pbf")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| model | bridge-masked | building_count-masked | car_bridge-masked")
+    assert {line.split(" | ")[0] for line in table[2:]} == {"| tagpool (mlp)", "| tagcount (mlp)",
+                                                          "| Dummy (train median)"}
+    ws = tmp_path / "ws"
+    assert len(list((ws / "results").glob("*__mlp.json"))) == 10
+    assert (ws / "results" / "tagpool__knn.json").exists()
+    gallery = (ws / "gallery.html").read_text()
+    assert gallery.count("class='card") == 9 and "<svg" in gallery  # the query and 8 neighbours
+    neighbours = [line for line in out.splitlines() if line[:1].isdigit() and "\t16_" in line]
+    assert len(neighbours) == 8
