@@ -42,48 +42,55 @@ CATEGORIES = {
 }
 
 
-def _prepare(vectors: np.ndarray, metric: str):
-    import torch
-
-    v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    if metric == "cosine":
-        v = torch.nn.functional.normalize(v, dim=1)
-    return v
-
-
 def search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosine",
            exclude: np.ndarray | None = None, chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of ``vectors`` for each query: ``(indices [Q,k], distances [Q,k])``,
-    nearest first, ties by index. ``exclude[q]`` is a row never returned for query q."""
+    nearest first, ties by index. ``exclude[q]`` is a row never returned for query q.
+
+    Rows are read in chunks (normalised per chunk for cosine, so no copy of the whole
+    matrix is made); each chunk contributes its own k best by ``topk`` (plus any ties with
+    the k-th), which are merged with the running best by a stable sort."""
     import torch
 
     if metric not in METRICS:
         raise GjpError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
-    base = _prepare(vectors, metric)
-    q = _prepare(queries, metric)
-    chunk_rows = chunk_rows or max(1024, CHUNK_ELEMENTS // max(1, len(q)))
+    base = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    if metric == "cosine":
+        q = torch.nn.functional.normalize(q, dim=1)
     k = min(k, len(base) - (1 if exclude is not None else 0))
-    best_d = torch.full((len(q), 0), 0.0)
+    chunk_rows = chunk_rows or max(1024, CHUNK_ELEMENTS // max(1, len(q)))
+    best_d = torch.zeros((len(q), 0))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
     excl = torch.from_numpy(np.asarray(exclude, dtype=np.int64)) if exclude is not None else None
     q_sq = (q * q).sum(1, keepdim=True)
     for start in range(0, len(base), chunk_rows):
         block = base[start:start + chunk_rows]
         if metric == "cosine":
-            d = (1.0 - q @ block.T).clamp_min_(0.0)
-        else:
-            d = (q_sq - 2.0 * q @ block.T + (block * block).sum(1)[None, :]).clamp_min_(0).sqrt_()
+            d = (1.0 - q @ torch.nn.functional.normalize(block, dim=1).T).clamp_min_(0.0)
+        else:  # squared distances (same order); the root is taken of the k kept at the end
+            d = torch.addmm((block * block).sum(1)[None, :] + q_sq, q, block.T, alpha=-2.0).clamp_min_(0)
         if excl is not None:
             local = excl - start
             inside = (local >= 0) & (local < len(block))
             d[inside.nonzero().squeeze(1), local[inside]] = float("inf")
-        idx = torch.arange(start, start + len(block)).expand(len(q), -1)
-        cand_d = torch.cat([best_d, d], dim=1)
-        cand_i = torch.cat([best_i, idx], dim=1)
-        # stable order: by distance, then index (candidates are already in index order)
-        order = torch.sort(cand_d, dim=1, stable=True).indices[:, :k]
-        best_d = torch.gather(cand_d, 1, order)
-        best_i = torch.gather(cand_i, 1, order)
+        # this chunk's candidates: everything up to its k-th smallest distance (ties kept)
+        kth = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False).values[:, -1:]
+        rows, cols = (d <= kth).nonzero(as_tuple=True)  # row-major: index order within a row
+        counts = torch.bincount(rows, minlength=len(q))
+        width = int(counts.max()) if len(rows) else 0
+        slot = torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        cand_d = torch.full((len(q), width), float("inf"))
+        cand_i = torch.full((len(q), width), len(base), dtype=torch.long)
+        cand_d[rows, slot] = d[rows, cols]
+        cand_i[rows, slot] = cols + start
+        all_d = torch.cat([best_d, cand_d], dim=1)
+        all_i = torch.cat([best_i, cand_i], dim=1)
+        order = torch.sort(all_d, dim=1, stable=True).indices[:, :k]  # earlier chunks = lower indices
+        best_d = torch.gather(all_d, 1, order)
+        best_i = torch.gather(all_i, 1, order)
+    if metric == "euclidean":
+        best_d = best_d.sqrt()
     return best_i.numpy(), best_d.numpy()
 
 
