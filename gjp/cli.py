@@ -331,8 +331,9 @@ def visibility_cmd(input_dir, output, k, workers, overwrite, quiet):
               help="Values seen fewer times fall back to key=* in the vocabulary.")
 @click.option("--vocab", "vocab_from", type=click.Path(path_type=Path),
               help="Reuse the tag vocabulary of another dataset.h5 (same tag ids in both).")
+@click.option("--images-only", is_flag=True, help="Pack the image chips alone (no graphs): for image models.")
 @common
-def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, overwrite, quiet):
+def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, images_only, overwrite, quiet):
     """Pack graphs (and image chips) into dataset.h5 for training.
 
     Flat arrays with CSR offsets: tiles, entities (kind, min box, tag ids), entity graphs
@@ -342,11 +343,13 @@ def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, overwrite
     \b
     Example:
       gjp pack-h5 -i graphs/ --images images/ -o dataset.h5
+      gjp pack-h5 --images images/ --images-only -o chips.h5
     """
     from gjp.dataset.pack import pack_dataset
 
     reporter = _reporter(quiet)
-    report = pack_dataset(input_dir, output, images_dir=images_dir, min_tag_count=min_tag_count,
+    report = pack_dataset(None if images_only else input_dir, output, images_dir=images_dir,
+                          min_tag_count=min_tag_count,
                           vocabulary_from=vocab_from, overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))

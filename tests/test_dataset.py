@@ -177,3 +177,20 @@ def test_loader_workers_open_the_file_themselves(monaco_dataset):
                                          collate_fn=collate_tiles, num_workers=2)
     names = [n for batch in loader for n in batch["names"]]
     assert sorted(names) == ds.names
+
+
+def test_images_only_dataset(tmp_path):
+    from pathlib import Path
+
+    from gjp.imagery.chips import import_chips
+
+    chips = sorted((Path(__file__).parent / "data" / "naip_z16").glob("*.webp"))
+    import_chips(chips, tmp_path / "images")
+    report = pack_dataset(None, tmp_path / "chips.h5", images_dir=tmp_path / "images")
+    assert report.tiles == report.images == len(chips) and report.entities == 0
+    ds = TileDataset(tmp_path / "chips.h5", images=True)
+    assert ds.names == [c.stem for c in chips]
+    batch = collate_tiles([ds[0], ds[1]])
+    assert batch["padding_mask"].all() and batch["has_image"].all() and batch["graph"].x.shape == (0, 2)
+    with pytest.raises(GjpError, match="nothing to pack"):
+        pack_dataset(None, tmp_path / "none.h5")

@@ -107,15 +107,48 @@ def _read_graphs(graphs_dir: Path, reporter: Reporter):
     return pa.concat_tables(tables), zoom, steps
 
 
-def pack_dataset(graphs_dir: str | Path = "graphs", output: str | Path = "dataset.h5", *,
+def _empty_graph_table():
+    """A graph table with no rows (an images-only dataset)."""
+    import pyarrow as pa
+
+    pair_f = pa.list_(pa.list_(pa.float64(), 2))
+    pair_i = pa.list_(pa.list_(pa.int32(), 2))
+    schema = pa.schema([("tile", pa.string()), ("group", pa.string()), ("osm_type", pa.string()),
+                        ("osm_id", pa.int64()), ("kind", pa.string()), ("tags", pa.map_(pa.string(), pa.string())),
+                        ("min_box", pa.list_(pa.float64(), 8)), ("min_box_width", pa.float64()),
+                        ("min_box_height", pa.float64()), ("min_box_area", pa.float64()),
+                        ("min_box_angle", pa.float64()), ("vertices", pair_f), ("vertex_part", pa.list_(pa.int32())),
+                        ("geometry_edges", pair_i), ("visibility_edges", pair_i)])
+    return schema.empty_table()
+
+
+def _image_tiles(images_dir: Path) -> tuple[list[str], int]:
+    import pyarrow.parquet as pq
+
+    index = images_dir / "index.parquet"
+    if not index.exists():
+        raise GjpError(f"{images_dir}: no index.parquet (make it with `gjp tile RASTER… -o {images_dir}`)")
+    meta = json.loads((pq.read_schema(index).metadata or {}).get(b"gjp", b"{}"))
+    return sorted(pq.read_table(index, columns=["tile"]).column("tile").to_pylist()), int(meta.get("zoom", 16))
+
+
+def pack_dataset(graphs_dir: str | Path | None = "graphs", output: str | Path = "dataset.h5", *,
                  images_dir: str | Path | None = None, min_tag_count: int = DEFAULT_MIN_TAG_COUNT,
                  vocabulary_from: str | Path | None = None, overwrite: bool = False,
                  reporter: Reporter = QUIET) -> PackReport:
     """``gjp pack-h5``: see the module doc. ``vocabulary_from`` reuses another dataset's
-    vocabulary (so that ids mean the same in both)."""
+    vocabulary (so that ids mean the same in both). ``graphs_dir=None`` packs the image
+    chips alone (every chip a tile without entities), for image models on areas without
+    OSM data."""
     output = Path(output)
     check_output_free(output, overwrite)
-    table, zoom, steps = _read_graphs(Path(graphs_dir), reporter)
+    if graphs_dir is None:
+        if images_dir is None:
+            raise GjpError("nothing to pack: give the graphs (-i graphs/) and/or --images images/")
+        chip_tiles, zoom = _image_tiles(Path(images_dir))
+        table, steps = _empty_graph_table(), []
+    else:
+        table, zoom, steps = _read_graphs(Path(graphs_dir), reporter)
     tags = [list(t) for t in table.column("tags").to_pylist()]
     if vocabulary_from is not None:
         vocab = read_vocabulary(vocabulary_from)
@@ -128,10 +161,14 @@ def pack_dataset(graphs_dir: str | Path = "graphs", output: str | Path = "datase
     table = table.take(order)
     tile_names = tile_names[order]
     tags = [tags[i] for i in order]
-    names, first = np.unique(tile_names, return_index=True)
-    entity_offsets = np.append(first, len(tile_names)).astype(np.int64)
+    if graphs_dir is None:
+        names = np.array(chip_tiles, dtype=object)
+        entity_offsets = np.zeros(len(names) + 1, dtype=np.int64)
+    else:
+        names, first = np.unique(tile_names, return_index=True)
+        entity_offsets = np.append(first, len(tile_names)).astype(np.int64)
     zxy = np.array([grid.parse_tile_name(n) for n in names], dtype=np.int32).reshape(-1, 3)
-    groups = np.array(table.column("group").to_pylist(), dtype=object)[first]
+    groups = np.array([grid.group_name(z, x, y) for z, x, y in zxy], dtype=object)
 
     arrays = {
         "tiles/name": _strings(names), "tiles/zxy": zxy, "tiles/group": _strings(groups),
@@ -147,7 +184,8 @@ def pack_dataset(graphs_dir: str | Path = "graphs", output: str | Path = "datase
         report.images = int(images.has.sum())
     attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "zoom": zoom, "gjp_version": __version__,
              "command": command_line(), "min_tag_count": min_tag_count,
-             "params": json.dumps({"graphs": str(graphs_dir), "images": str(images_dir) if images_dir else None,
+             "params": json.dumps({"graphs": str(graphs_dir) if graphs_dir else None,
+                                   "images": str(images_dir) if images_dir else None,
                                    "min_tag_count": min_tag_count,
                                    "vocabulary_from": str(vocabulary_from) if vocabulary_from else None}),
              "source_steps": json.dumps(steps)}
