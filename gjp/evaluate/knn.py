@@ -275,7 +275,8 @@ def _card(f, i, name: str, distance: float | None, label: str) -> str:
     pictures = []
     if "images" in f and f["images/has_image"][i]:
         pictures.append(f"<img alt='chip' src='data:image/png;base64,{_png(f['images/pixels'][i])}'>")
-    pictures.append(_svg(f, i))
+    if f["tiles/entity_offsets"][i + 1] > f["tiles/entity_offsets"][i]:
+        pictures.append(_svg(f, i))
     tags = _top_tags(f, i)
     dist = "" if distance is None else f" — distance {distance:.4f}"
     cls = "card q" if distance is None else "card"
