@@ -82,6 +82,8 @@ def test_knn_is_exact_excludes_self_and_breaks_ties_by_index(metric):
     base[300] = base[7]
     queries = np.array([7, 42, 499])
     idx, dist = search(base, base[queries], 5, metric, exclude=queries, chunk_rows=64)
+    small = search(base, base[queries], 5, metric, exclude=queries, chunk_rows=3)  # chunks narrower than k
+    assert (small[0] == idx).all()
     if metric == "cosine":
         unit = base / np.linalg.norm(base, axis=1, keepdims=True)
         full = 1 - unit[queries] @ unit.T

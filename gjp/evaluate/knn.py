@@ -66,32 +66,63 @@ def search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosi
     q_sq = (q * q).sum(1, keepdim=True)
     for start in range(0, len(base), chunk_rows):
         block = base[start:start + chunk_rows]
+        norms = torch.linalg.vector_norm(block, dim=1)  # a reduction: no copy of the block
         if metric == "cosine":
-            d = (1.0 - q @ torch.nn.functional.normalize(block, dim=1).T).clamp_min_(0.0)
+            d = (q @ block.T).div_(norms.clamp_min(1e-12)[None, :]).neg_().add_(1.0).clamp_min_(0.0)
         else:  # squared distances (same order); the root is taken of the k kept at the end
-            d = torch.addmm((block * block).sum(1)[None, :] + q_sq, q, block.T, alpha=-2.0).clamp_min_(0)
+            d = torch.addmm(norms.square()[None, :] + q_sq, q, block.T, alpha=-2.0).clamp_min_(0)
         if excl is not None:
             local = excl - start
             inside = (local >= 0) & (local < len(block))
             d[inside.nonzero().squeeze(1), local[inside]] = float("inf")
-        # this chunk's candidates: everything up to its k-th smallest distance (ties kept)
-        kth = torch.topk(d, min(k, d.shape[1]), dim=1, largest=False).values[:, -1:]
-        rows, cols = (d <= kth).nonzero(as_tuple=True)  # row-major: index order within a row
-        counts = torch.bincount(rows, minlength=len(q))
-        width = int(counts.max()) if len(rows) else 0
-        slot = torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        cand_d = torch.full((len(q), width), float("inf"))
-        cand_i = torch.full((len(q), width), len(base), dtype=torch.long)
-        cand_d[rows, slot] = d[rows, cols]
-        cand_i[rows, slot] = cols + start
+        cand_d, cand_i = _chunk_best(d, k)
+        cand_i += start
         all_d = torch.cat([best_d, cand_d], dim=1)
         all_i = torch.cat([best_i, cand_i], dim=1)
         order = torch.sort(all_d, dim=1, stable=True).indices[:, :k]  # earlier chunks = lower indices
         best_d = torch.gather(all_d, 1, order)
         best_i = torch.gather(all_i, 1, order)
-    if metric == "euclidean":
-        best_d = best_d.sqrt()
-    return best_i.numpy(), best_d.numpy()
+    # exact distances of the k kept (the matrix-product shortcut rounds, e.g. 1e-3 for a
+    # duplicate), then the final order by (distance, index)
+    kept = base[best_i]
+    if metric == "cosine":
+        best_d = (1.0 - (torch.nn.functional.normalize(kept, dim=2) * q[:, None, :]).sum(2)).clamp_min_(0.0)
+    else:
+        best_d = torch.linalg.vector_norm(kept - q[:, None, :], dim=2)
+    by_index = torch.argsort(best_i, dim=1)
+    best_i, best_d = torch.gather(best_i, 1, by_index), torch.gather(best_d, 1, by_index)
+    by_distance = torch.sort(best_d, dim=1, stable=True).indices
+    return torch.gather(best_i, 1, by_distance).numpy(), torch.gather(best_d, 1, by_distance).numpy()
+
+
+def _chunk_best(d, k: int):
+    """The k smallest entries of each row of ``d`` with their column indices, ordered by
+    (distance, index). ``topk`` picks arbitrarily among equal distances, so a row whose
+    k-th and (k+1)-th distances tie is redone exactly: every entry up to the k-th
+    distance, in index order (rare: duplicate vectors)."""
+    import torch
+
+    kk = min(k + 1, d.shape[1])
+    vals, idx = torch.topk(d, kk, dim=1, largest=False)
+    tied = (vals[:, k - 1] == vals[:, k]) if kk > k else torch.zeros(len(d), dtype=torch.bool)
+    vals, idx = vals[:, :k], idx[:, :k]
+    by_index = torch.argsort(idx, dim=1)
+    vals, idx = torch.gather(vals, 1, by_index), torch.gather(idx, 1, by_index)
+    by_value = torch.sort(vals, dim=1, stable=True).indices
+    vals, idx = torch.gather(vals, 1, by_value), torch.gather(idx, 1, by_value)
+    if tied.any():
+        rows = tied.nonzero().squeeze(1)
+        sub = d[rows]
+        hit_r, hit_c = (sub <= vals[rows, k - 1:k]).nonzero(as_tuple=True)  # index order per row
+        counts = torch.bincount(hit_r, minlength=len(rows))
+        slot = torch.arange(len(hit_r)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        width = int(counts.max())
+        all_d = torch.full((len(rows), width), float("inf"))
+        all_i = torch.zeros((len(rows), width), dtype=torch.long)
+        all_d[hit_r, slot], all_i[hit_r, slot] = sub[hit_r, hit_c], hit_c
+        order = torch.sort(all_d, dim=1, stable=True).indices[:, :k]
+        vals[rows], idx[rows] = torch.gather(all_d, 1, order), torch.gather(all_i, 1, order)
+    return vals, idx
 
 
 def default_embeddings() -> Path:
