@@ -15,7 +15,6 @@ Attributes: ``format`` = ``gjp-embeddings``, ``format_version``, ``model``, ``di
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from gjp import __version__
 from gjp.errors import GjpError
-from gjp.io import command_line
+from gjp.io import atomic_file, command_line
 
 FORMAT = "gjp-embeddings"
 FORMAT_VERSION = 1
@@ -52,31 +51,23 @@ def write_embeddings(path: str | Path, names: list[str], vectors: np.ndarray, *,
                      entity_vectors=None, entity_osm_type=None, entity_osm_id=None) -> None:
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     vectors = np.asarray(vectors, dtype=np.float32)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
-                            "dim": int(vectors.shape[1]), "dataset": str(dataset), "task": task or "",
-                            "params": json.dumps(params or {}, sort_keys=True), "gjp_version": __version__,
-                            "command": command_line()})
-            encoded = [n.encode() for n in names]
-            f["tiles/name"] = np.array(encoded, dtype=f"S{max((len(e) for e in encoded), default=1)}")
-            f.create_dataset("tiles/vectors", data=vectors, chunks=(min(len(vectors), 4096) or 1, vectors.shape[1]),
+    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
+                        "dim": int(vectors.shape[1]), "dataset": str(dataset), "task": task or "",
+                        "params": json.dumps(params or {}, sort_keys=True), "gjp_version": __version__,
+                        "command": command_line()})
+        encoded = [n.encode() for n in names]
+        f["tiles/name"] = np.array(encoded, dtype=f"S{max((len(e) for e in encoded), default=1)}")
+        f.create_dataset("tiles/vectors", data=vectors, chunks=(min(len(vectors), 4096) or 1, vectors.shape[1]),
+                         compression="lzf")
+        if entity_vectors is not None:
+            ev = np.asarray(entity_vectors, dtype=np.float32)
+            f["entities/offsets"] = np.asarray(entity_offsets, dtype=np.int64)
+            f.create_dataset("entities/vectors", data=ev, chunks=(min(len(ev), 4096) or 1, ev.shape[1]),
                              compression="lzf")
-            if entity_vectors is not None:
-                ev = np.asarray(entity_vectors, dtype=np.float32)
-                f["entities/offsets"] = np.asarray(entity_offsets, dtype=np.int64)
-                f.create_dataset("entities/vectors", data=ev, chunks=(min(len(ev), 4096) or 1, ev.shape[1]),
-                                 compression="lzf")
-                f["entities/osm_type"] = np.asarray(entity_osm_type, dtype=np.uint8)
-                f["entities/osm_id"] = np.asarray(entity_osm_id, dtype=np.int64)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            f["entities/osm_type"] = np.asarray(entity_osm_type, dtype=np.uint8)
+            f["entities/osm_id"] = np.asarray(entity_osm_id, dtype=np.int64)
 
 
 def read_embeddings(path: str | Path, entities: bool = False) -> Embeddings:

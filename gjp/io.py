@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -69,3 +70,24 @@ def atomic_directory(final: str | Path, overwrite: bool = False):
             old.unlink()
     else:
         staging.rename(final)
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | Path):
+    """Yield a temporary path beside ``final`` that becomes ``final`` only when the block
+    succeeds; on any error (or Ctrl-C) the temporary file is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final)
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write JSON atomically (sorted keys, indented: diffable and deterministic)."""
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")

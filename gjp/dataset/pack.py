@@ -14,7 +14,6 @@ reusing another dataset's vocabulary) maps to id 0, ``<unk>``.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 from gjp import __version__, grid
 from gjp.errors import GjpError
 from gjp.geoparquet import list_group_files, read_group_file
-from gjp.io import check_output_free, command_line
+from gjp.io import atomic_file, check_output_free, command_line
 from gjp.osm.reader import KINDS, OSM_TYPES
 from gjp.ui import QUIET, Reporter
 
@@ -304,34 +303,27 @@ def write_dataset(output: Path, arrays: dict[str, np.ndarray], vocab: Vocabulary
     """Write a dataset file atomically (a temporary name, renamed when complete)."""
     import h5py
 
-    tmp = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            for key, value in attrs.items():
-                f.attrs[key] = value
-            for name, data in arrays.items():
-                _put(f, name, data)
-            f["vocab/tags"] = _strings(vocab.entries)
-            f["vocab/counts"] = np.asarray(vocab.counts, dtype=np.int64)
-            f["entities/kind"].attrs["names"] = json.dumps(list(KINDS))
-            f["entities/osm_type"].attrs["names"] = json.dumps(list(OSM_TYPES))
-            f["entities/min_box_shape"].attrs["columns"] = json.dumps(["width", "height", "area", "angle"])
-            if images is not None:
-                n = len(images.has)
-                pixels = f.create_dataset("images/pixels", shape=(n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8,
-                                          chunks=(1, IMAGE_SIZE, IMAGE_SIZE, 3), compression="lzf")
-                valid = f.create_dataset("images/valid", shape=(n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool,
-                                         chunks=(1, IMAGE_SIZE, IMAGE_SIZE), compression="lzf")
-                for i in reporter.progress(np.flatnonzero(images.has), desc="packing images", unit=" chip"):
-                    pixels[i], valid[i] = images.read(int(i))
-                f["images/has_image"] = images.has
-                f["images"].attrs["mean"] = NAIP_MEAN
-                f["images"].attrs["std"] = NAIP_STD
-        os.replace(tmp, output)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(output) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        for name, data in arrays.items():
+            _put(f, name, data)
+        f["vocab/tags"] = _strings(vocab.entries)
+        f["vocab/counts"] = np.asarray(vocab.counts, dtype=np.int64)
+        f["entities/kind"].attrs["names"] = json.dumps(list(KINDS))
+        f["entities/osm_type"].attrs["names"] = json.dumps(list(OSM_TYPES))
+        f["entities/min_box_shape"].attrs["columns"] = json.dumps(["width", "height", "area", "angle"])
+        if images is not None:
+            n = len(images.has)
+            pixels = f.create_dataset("images/pixels", shape=(n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8,
+                                      chunks=(1, IMAGE_SIZE, IMAGE_SIZE, 3), compression="lzf")
+            valid = f.create_dataset("images/valid", shape=(n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool,
+                                     chunks=(1, IMAGE_SIZE, IMAGE_SIZE), compression="lzf")
+            for i in reporter.progress(np.flatnonzero(images.has), desc="packing images", unit=" chip"):
+                pixels[i], valid[i] = images.read(int(i))
+            f["images/has_image"] = images.has
+            f["images"].attrs["mean"] = NAIP_MEAN
+            f["images"].attrs["std"] = NAIP_STD
 
 
 def _put(f, name: str, data: np.ndarray) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
-from gjp.io import command_line
+from gjp.io import command_line, write_json
 
 METRICS = ("cosine", "euclidean")
 #: Distance-matrix entries per chunk (256 MiB of float32): rows per chunk = this / queries.
@@ -264,12 +263,8 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
               "precision_mean": float(np.mean([c["precision"] for c in per_category.values()])),
               "chance_mean": float(np.mean([c["chance"] for c in per_category.values()])),
               "gjp_version": __version__, "command": command_line()}
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"{emb.model}__knn.json"
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    path = Path(output_dir) / f"{emb.model}__knn.json"
+    write_json(path, result)
     return path, result
 
 

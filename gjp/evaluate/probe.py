@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
-from gjp.io import command_line
+from gjp.io import command_line, write_json
 from gjp.ui import QUIET, Reporter
 
 HEADS = ("linear", "mlp")
@@ -176,10 +176,6 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
         **summary, "runs": runs, "seconds": round(time.perf_counter() - started, 3),
         "gjp_version": __version__, "command": command_line(),
     }
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path = output_dir / f"{emb.model}__{result['task']}__{config.head}.json"
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    path = Path(output_dir) / f"{emb.model}__{result['task']}__{config.head}.json"
+    write_json(path, result)
     return path, result

@@ -11,7 +11,6 @@ With ``clip``, only the part of each image covering the requested tiles is read 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -23,6 +22,7 @@ import numpy as np
 
 from gjp import grid
 from gjp.errors import GjpError
+from gjp.io import write_json
 from gjp.net import download, session
 from gjp.parallel import map_jobs
 from gjp.ui import QUIET, Reporter
@@ -174,7 +174,7 @@ def fetch_naip(out_dir: str | Path = "raw/naip", *, bbox=None, tiles_dir=None, s
             result = _clip(href, dest, item, tile_bounds or [tuple(bbox)], overwrite)
         else:
             result = download(href, dest, http=http, retries=retries, reporter=reporter)
-        _write_json(out_dir / f"{item.id}.json", item.to_dict())
+        write_json(out_dir / f"{item.id}.json", item.to_dict())
         return result
 
     bar = reporter.progress(total=len(kept), desc="NAIP images", unit=" image")
@@ -187,12 +187,6 @@ def fetch_naip(out_dir: str | Path = "raw/naip", *, bbox=None, tiles_dir=None, s
             report.bytes += result.bytes
     bar.close()
     return report
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _clip(href: str, dest: Path, item, tile_bounds, overwrite: bool):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gjp import __version__
-from gjp.dataset.pack import decode, open_dataset, read_vocabulary, write_dataset
+from gjp.dataset.pack import decode, open_dataset, read_vocabulary
 from gjp.errors import GjpError
-from gjp.io import atomic_directory, command_line
+from gjp.io import atomic_directory, atomic_file, command_line
 from gjp.osm.reader import KINDS
 from gjp.tasks.spec import TaskSpec
 from gjp.tasks.speed import parse_number, parse_speed
@@ -176,14 +175,11 @@ def load_or_make_splits(path: Path, groups: list[str], seed: int) -> dict[str, s
         for g in missing:
             u = _unit(seed, "split", g)
             existing[g] = "train" if u < FRACTIONS[0] else "val" if u < FRACTIONS[0] + FRACTIONS[1] else "test"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["group", "split"])
         for g in sorted(existing):
             writer.writerow([g, existing[g]])
-    os.replace(tmp, path)
     return existing
 
 
