@@ -175,3 +175,33 @@ def test_image_backbone_on_real_naip_chips(monaco_dataset, tmp_path):
     np.testing.assert_allclose(read_embeddings(tmp_path / "vit2.h5").vectors, emb.vectors, atol=1e-5)  # seeded
     assert again.tiles == 4
     assert np.linalg.norm(emb.vectors[0] - emb.vectors[1]) > 1e-3  # different chips, different vectors
+
+
+@pytest.mark.slow
+def test_image_backbone_loads_a_local_state_dict(monaco_dataset, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    import torch
+    import torchvision
+
+    from gjp.dataset.pack import pack_dataset
+    from gjp.errors import GjpError
+    from gjp.imagery.chips import import_chips
+    from gjp.models.embed import embed
+
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for src in sorted((Path(__file__).parent / "data" / "naip_z16").glob("*.webp"))[:2]:
+        shutil.copy(src, chips / src.name)
+    import_chips(sorted(chips.glob("*.webp")), tmp_path / "images")
+    pack_dataset(None, tmp_path / "chips.h5", images_dir=tmp_path / "images")
+    torch.manual_seed(123)
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet.pt")
+    a = embed("resnet50", tmp_path / "chips.h5", tmp_path / "a.h5", weights=str(tmp_path / "resnet.pt"))
+    b = embed("resnet50", tmp_path / "chips.h5", tmp_path / "b.h5", weights="none")
+    va, vb = read_embeddings(tmp_path / "a.h5").vectors, read_embeddings(tmp_path / "b.h5").vectors
+    assert a.dim == 2048 and va.shape == (2, 2048) and not np.allclose(va, vb)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(GjpError, match="not a PyTorch state dict"):
+        embed("resnet50", tmp_path / "chips.h5", tmp_path / "c.h5", weights=str(tmp_path / "junk.pt"))
