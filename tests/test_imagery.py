@@ -18,7 +18,6 @@ from gjp.errors import GjpError
 from gjp.imagery.chips import classify_inputs, import_chips, mercator_bounds, tile_rasters
 from rasters import tile_aligned, utm_naip
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 ND_TIF = Path(__file__).parents[1] / "examples" / "data" / "naip_nd_m_4709963_se_14_1_20200831_5m.tif"
 NAIP_CHIPS = Path(__file__).parent / "data" / "naip_z16"
 X, Y, Z = 14712, 23340, 16  # North Dakota prairie (47.02°N, -99.18°)
