@@ -22,7 +22,7 @@ import numpy as np
 
 from gjp import __version__
 from gjp.errors import GjpError
-from gjp.io import atomic_file, command_line
+from gjp.io import atomic_file, command_line, open_hdf5
 
 FORMAT = "gjp-embeddings"
 FORMAT_VERSION = 1
@@ -71,18 +71,7 @@ def write_embeddings(path: str | Path, names: list[str], vectors: np.ndarray, *,
 
 
 def read_embeddings(path: str | Path, entities: bool = False) -> Embeddings:
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise GjpError(f"{path}: no such file (make it with `gjp embed --model …`)")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise GjpError(f"{path}: not an HDF5 file ({err})") from err
-    with f:
-        if f.attrs.get("format") != FORMAT:
-            raise GjpError(f"{path}: not a gjp embeddings file")
+    with open_hdf5(path, FORMAT, FORMAT_VERSION, "embeddings file", "gjp embed --model …") as f:
         out = Embeddings([b.decode() for b in f["tiles/name"][()]], f["tiles/vectors"][()],
                          {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()})
         if entities:

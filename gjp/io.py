@@ -91,3 +91,26 @@ def write_json(path: str | Path, data) -> None:
     """Write JSON atomically (sorted keys, indented: diffable and deterministic)."""
     with atomic_file(path) as tmp:
         Path(tmp).write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def open_hdf5(path: str | Path, fmt: str, version: int, what: str, made_by: str):
+    """Open a gjp HDF5 file read-only, checking that it exists, is HDF5, and carries the
+    ``format`` and ``format_version`` attributes this gjp reads; clear errors otherwise."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise GjpError(f"{path}: no such file (make it with `{made_by}`)")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise GjpError(f"{path}: not an HDF5 file ({err})") from err
+    found, found_version = f.attrs.get("format"), f.attrs.get("format_version")
+    if found != fmt:
+        f.close()
+        raise GjpError(f"{path}: not a gjp {what} (format {found!r})")
+    if found_version is None or int(found_version) != version:
+        f.close()
+        raise GjpError(f"{path}: {what} format version {found_version}, this gjp reads {version}; "
+                       f"make it again with `{made_by}`")
+    return f

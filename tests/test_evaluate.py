@@ -199,7 +199,7 @@ def test_image_backbone_loads_a_local_state_dict(monaco_dataset, tmp_path):
     torch.manual_seed(123)
     torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "resnet.pt")
     a = embed("resnet50", tmp_path / "chips.h5", tmp_path / "a.h5", weights=str(tmp_path / "resnet.pt"))
-    b = embed("resnet50", tmp_path / "chips.h5", tmp_path / "b.h5", weights="none")
+    embed("resnet50", tmp_path / "chips.h5", tmp_path / "b.h5", weights="none")
     va, vb = read_embeddings(tmp_path / "a.h5").vectors, read_embeddings(tmp_path / "b.h5").vectors
     assert a.dim == 2048 and va.shape == (2, 2048) and not np.allclose(va, vb)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

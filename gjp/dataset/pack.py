@@ -23,7 +23,7 @@ import numpy as np
 from gjp import __version__, grid
 from gjp.errors import GjpError
 from gjp.geoparquet import list_group_files, read_group_file
-from gjp.io import atomic_file, check_output_free, command_line
+from gjp.io import atomic_file, check_output_free, command_line, open_hdf5
 from gjp.osm.reader import KINDS, OSM_TYPES
 from gjp.ui import QUIET, Reporter
 
@@ -340,23 +340,7 @@ def _put(f, name: str, data: np.ndarray) -> None:
 
 def open_dataset(path: str | Path, require_images: bool = False):
     """Open a dataset file read-only, checking its format; clear errors otherwise."""
-    import h5py
-
-    path = Path(path)
-    if not path.exists():
-        raise GjpError(f"{path}: no such file (make it with `gjp pack-h5`)")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise GjpError(f"{path}: not an HDF5 file ({err})") from err
-    if f.attrs.get("format") != FORMAT:
-        f.close()
-        raise GjpError(f"{path}: not a gjp dataset (format {f.attrs.get('format')!r})")
-    if int(f.attrs.get("format_version", -1)) != FORMAT_VERSION:
-        version = f.attrs.get("format_version")
-        f.close()
-        raise GjpError(f"{path}: dataset format version {version}, this gjp reads {FORMAT_VERSION}; "
-                       "pack it again with `gjp pack-h5`")
+    f = open_hdf5(path, FORMAT, FORMAT_VERSION, "dataset", "gjp pack-h5")
     if require_images and "images" not in f:
         f.close()
         raise GjpError(f"{path}: has no images (pack it with `gjp pack-h5 --images images/`)")

@@ -210,31 +210,18 @@ def load_categories(path: str | Path | None) -> dict[str, dict]:
 
 
 def tile_categories(dataset: str | Path, names: list[str], categories: dict[str, dict]) -> dict[str, set[int]]:
-    """Category → the indices (into ``names``) of tiles with an entity that has its tags."""
-    from gjp.dataset.pack import decode, open_dataset
+    """Category → the indices (into ``names``) of tiles with an entity that has one of its
+    tags (``key = "*"`` for any value, a value, or a list of values)."""
+    from gjp.dataset.tags import RawTags
 
-    with open_dataset(dataset) as f:
-        tiles = decode(f["tiles/name"][()])
-        offsets = f["tiles/entity_offsets"][()]
-        tag_offsets = f["entities/tag_offsets"][()]
-        keys, values = decode(f["strings/keys"][()]), decode(f["strings/values"][()])
-        key_ids, value_ids = f["entities/tag_key_ids"][()], f["entities/tag_value_ids"][()]
-    tile_of_tag = np.repeat(np.repeat(np.arange(len(tiles)), np.diff(offsets)), np.diff(tag_offsets))
+    tags = RawTags(dataset)
     position = {n: i for i, n in enumerate(names)}
     out = {}
     for name, conditions in categories.items():
-        hit = np.zeros(len(key_ids), dtype=bool)
+        hit = np.zeros(len(tags.key_ids), dtype=bool)
         for key, allowed in conditions.items():
-            if key not in keys:
-                continue
-            mask = key_ids == keys.index(key)
-            if allowed != "*":
-                allowed = [allowed] if isinstance(allowed, str) else allowed
-                ok = np.array([v in allowed for v in values], dtype=bool)
-                mask &= ok[value_ids]
-            hit |= mask
-        members = {position[tiles[t]] for t in np.unique(tile_of_tag[hit]) if tiles[t] in position}
-        out[name] = members
+            hit |= tags.tags_where(key, None if allowed == "*" else [allowed] if isinstance(allowed, str) else allowed)
+        out[name] = {position[tags.tile_names[t]] for t in tags.tiles_with(hit) if tags.tile_names[t] in position}
     return out
 
 

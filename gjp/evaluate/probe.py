@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +44,17 @@ class ProbeConfig:
 
 
 def load_task(task_dir: str | Path) -> tuple[dict, dict, dict]:
-    """``(labels by split: {split: (tiles, labels)}, task.json, stats.json)``."""
+    """``(labels by split: {split: (tiles, labels)}, task.json)``."""
     task_dir = Path(task_dir)
     if not (task_dir / "task.json").exists():
         raise GjpError(f"{task_dir}: not a task directory (make one with `gjp mktask`)")
     info = json.loads((task_dir / "task.json").read_text())
-    stats = json.loads((task_dir / "stats.json").read_text())
     rows = pq.read_table(task_dir / "labels.parquet").to_pylist()
     splits = {}
     for name in ("train", "val", "test"):
         chosen = [r for r in rows if r["split"] == name]
         splits[name] = ([r["tile"] for r in chosen], np.array([r["label"] for r in chosen], dtype=np.float64))
-    return splits, info, stats
+    return splits, info
 
 
 def _head(kind: str, dim: int, hidden: int):
@@ -127,15 +125,13 @@ def metrics(pred: np.ndarray, truth: np.ndarray, binary: bool) -> dict:
 def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path = "results", *,
           config: ProbeConfig | None = None, reporter: Reporter = QUIET) -> tuple[Path, dict]:
     """Run the probe over ``config.seeds`` seeds and write ``results/MODEL__TASK__HEAD.json``."""
-    import torch
 
     config = config or ProbeConfig()
     if config.head not in HEADS:
         raise GjpError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     started = time.perf_counter()
     emb = read_embeddings(embeddings)
-    splits, info, stats = load_task(task_dir)
+    splits, info = load_task(task_dir)
     where = emb.index()
     x, y, n_missing = {}, {}, 0
     for name, (tiles, labels) in splits.items():

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gjp import __version__
-from gjp.dataset.pack import decode, open_dataset, read_vocabulary
+from gjp.dataset.pack import read_vocabulary
+from gjp.dataset.tags import RawTags
 from gjp.errors import GjpError
 from gjp.io import atomic_directory, atomic_file, command_line
 from gjp.osm.reader import KINDS
@@ -59,39 +60,7 @@ class TaskReport:
 
 # --------------------------------------------------------------------------- reading
 
-class _Tags:
-    """The raw tags of every entity of a dataset, as ids into key and value tables."""
-
-    def __init__(self, f):
-        self.tile_names = decode(f["tiles/name"][()])
-        self.groups = decode(f["tiles/group"][()])
-        self.entity_offsets = f["tiles/entity_offsets"][()]
-        self.kind = f["entities/kind"][()]
-        self.tag_offsets = f["entities/tag_offsets"][()]
-        self.key_ids = f["entities/tag_key_ids"][()]
-        self.value_ids = f["entities/tag_value_ids"][()]
-        self.keys = decode(f["strings/keys"][()])
-        self.values = decode(f["strings/values"][()])
-        self.entity_of_tag = np.repeat(np.arange(len(self.kind)), np.diff(self.tag_offsets))
-        self.tile_of_entity = np.repeat(np.arange(len(self.tile_names)), np.diff(self.entity_offsets))
-
-    def tags_where(self, key: str, allowed: tuple[str, ...] | None) -> np.ndarray:
-        """Mask over tags: key is ``key`` and the value allowed (None = any value)."""
-        try:
-            kid = self.keys.index(key)
-        except ValueError:
-            return np.zeros(len(self.key_ids), dtype=bool)
-        mask = self.key_ids == kid
-        if allowed is not None:
-            ok = np.array([v in allowed for v in self.values], dtype=bool)
-            mask &= ok[self.value_ids]
-        return mask
-
-    def entities_with(self, tag_mask: np.ndarray) -> np.ndarray:
-        return np.bincount(self.entity_of_tag[tag_mask], minlength=len(self.kind)) > 0
-
-
-def matching_entities(spec: TaskSpec, tags: _Tags) -> np.ndarray:
+def matching_entities(spec: TaskSpec, tags: RawTags) -> np.ndarray:
     matched = np.zeros(len(tags.kind), dtype=bool)
     for alternative in spec.match:
         ok = np.ones(len(tags.kind), dtype=bool)
@@ -106,7 +75,7 @@ def matching_entities(spec: TaskSpec, tags: _Tags) -> np.ndarray:
     return matched
 
 
-def tile_labels(spec: TaskSpec, tags: _Tags) -> tuple[np.ndarray, np.ndarray, dict]:
+def tile_labels(spec: TaskSpec, tags: RawTags) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(labels [N] float64, labelled [N] bool, counts)``: tiles without a label (rule
     ``max``: no readable value, or no match and no ``missing``) are not labelled."""
     n = len(tags.tile_names)
@@ -200,8 +169,7 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     name = spec.name + ("-masked" if masked else "")
     output = Path(output) if output is not None else Path("tasks") / name
     splits = Path(splits) if splits is not None else output.parent / "splits.csv"
-    with open_dataset(dataset) as f:
-        tags = _Tags(f)
+    tags = RawTags(dataset)
     report = TaskReport(tiles=len(tags.tile_names))
     labels, labelled, counts = tile_labels(spec, tags)
     report.dropped_unparsed, report.dropped_missing = counts["dropped_unparsed"], counts["dropped_missing"]
@@ -226,7 +194,7 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     with atomic_directory(output, overwrite) as staging:
         pq.write_table(pa.table(rows, schema=LABELS_SCHEMA), staging / "labels.parquet")
         if masked:
-            masked_counts = write_masked_dataset(spec, dataset, staging / "dataset.h5", kept, reporter)
+            masked_counts = write_masked_dataset(spec, dataset, staging / "dataset.h5", kept, tags, reporter)
             report.masked_tags, report.dropped_entities = masked_counts
             stats["masked"] = {"tags_removed": report.masked_tags, "entities_dropped": report.dropped_entities}
             task_info["dataset"] = "dataset.h5"
@@ -274,18 +242,15 @@ def _label_text(value: float) -> str:
 # --------------------------------------------------------------------------- masked inputs
 
 def write_masked_dataset(spec: TaskSpec, source: Path, output: Path, tiles: np.ndarray,
-                         reporter: Reporter = QUIET) -> tuple[int, int]:
+                         tags: RawTags | None = None, reporter: Reporter = QUIET) -> tuple[int, int]:
     """The task's tiles of ``source`` without the tags ``spec.mask`` names (relation tags
     too: they are entity tags like any other), dropping entities left without tags. Same
     format and vocabulary, so every later step reads it unchanged."""
     from gjp.dataset.subset import subset_dataset
 
-    with open_dataset(source) as f:
-        keys = decode(f["strings/keys"][()])
-        values = decode(f["strings/values"][()])
-        key_ids = f["entities/tag_key_ids"][()]
-        value_ids = f["entities/tag_value_ids"][()]
-    pairs = key_ids.astype(np.int64) * len(values) + value_ids
+    tags = tags if tags is not None else RawTags(source)
+    keys, values = tags.keys, tags.values
+    pairs = tags.key_ids.astype(np.int64) * len(values) + tags.value_ids
     unique, inverse = np.unique(pairs, return_inverse=True)
     removed_pair = np.array([spec.masks(keys[p // len(values)], values[p % len(values)]) for p in unique], bool)
     keep_tag = ~removed_pair[inverse.reshape(-1)]
