@@ -34,8 +34,8 @@ from gjp.ui import QUIET, Reporter
 DEFAULT_K = 1
 #: Tolerance of the visibility test, in tile units (≈ 0.5 mm on a z16 tile).
 DEFAULT_EPS = 1e-6
-#: Candidates tried by a linear scan before sorting all of them.
-_SCAN_FIRST = 8
+#: Tested candidates remembered per vertex, so that a pair is rarely tested twice.
+_TRIED_KEPT = 8
 
 
 # --------------------------------------------------------------------------- graph structure
@@ -164,32 +164,6 @@ def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _visible(a, b, vertices, edges, e0, e1, eps):
-    ax, ay = vertices[a, 0], vertices[a, 1]
-    bx, by = vertices[b, 0], vertices[b, 1]
-    rx, ry = bx - ax, by - ay
-    length = math.sqrt(rx * rx + ry * ry)
-    if length <= 2.0 * eps:
-        return True  # no point of ab is far from both ends
-    minx, maxx = min(ax, bx) - eps, max(ax, bx) + eps
-    miny, maxy = min(ay, by) - eps, max(ay, by) + eps
-    for m in range(e0, e1):
-        c, d = edges[m, 0], edges[m, 1]
-        cx, cy = vertices[c, 0], vertices[c, 1]
-        dx, dy = vertices[d, 0], vertices[d, 1]
-        if max(cx, dx) < minx or min(cx, dx) > maxx or max(cy, dy) < miny or min(cy, dy) > maxy:
-            continue
-        if c == a or c == b or d == a or d == b:
-            # an edge ending at a or b meets ab there (t = 0 or 1, never blocking) unless
-            # it runs along ab
-            if _parallel(rx, ry, dx - cx, dy - cy, length) and _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps):
-                return False
-        elif _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
-            return False
-    return True
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _sort_pairs(keys, m):
     """Sort ``keys[:m]`` in place (insertion sort: entities have few pairs)."""
     if m > 64:
@@ -207,70 +181,117 @@ def _sort_pairs(keys, m):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def visibility_kernel(vertices, vertex_part, vertex_offsets, edges, edge_offsets, k, eps):
     """Visibility edges of all entities: ``(pairs [P,2] global vertex indices, sorted and
-    unique per entity; offsets [E+1])``."""
+    unique per entity; offsets [E+1])``.
+
+    Per entity, its coordinates and edge bounding boxes are copied into flat scratch
+    arrays; per vertex a, candidates come nearest first (a linear scan of the squared
+    distances, ties by index); a candidate b is tested against the edges whose box meets
+    ab's, gathered by a branch-free pass. Everything is in this one function on purpose:
+    numba reference-counts the arrays passed to a helper on every call, which cost more
+    than the test itself.
+    """
     n = len(vertex_offsets) - 1
     total = len(vertices)
     keys = np.empty(max(total * k, 1), dtype=np.int64)  # pair (a, b), a < b, as a·total + b
     offsets = np.zeros(n + 1, dtype=np.int64)
-    largest = 0
+    largest, largest_e = 1, 1
     for e in range(n):
         largest = max(largest, vertex_offsets[e + 1] - vertex_offsets[e])
-    dist = np.empty(largest)
+        largest_e = max(largest_e, edge_offsets[e + 1] - edge_offsets[e])
+    # scratch, entity-local: coordinates, distances from the current vertex, each
+    # vertex's part range, edges (local vertex indices) and their bounding boxes
+    xs, ys, dist = np.empty(largest), np.empty(largest), np.empty(largest)
+    part_lo, part_hi = np.empty(largest, dtype=np.int64), np.empty(largest, dtype=np.int64)
+    ec, ed = np.empty(largest_e, dtype=np.int64), np.empty(largest_e, dtype=np.int64)
+    bx0, bx1, by0, by1 = np.empty(largest_e), np.empty(largest_e), np.empty(largest_e), np.empty(largest_e)
+    near = np.empty(largest_e + 1, dtype=np.int64)
+    # the first candidates each vertex tested, and the outcome: b looks a pair up there
+    # instead of testing it again (the test is symmetric: always run from the lower index)
+    tried_b = np.empty((largest, _TRIED_KEPT), dtype=np.int64)
+    tried_ok = np.empty((largest, _TRIED_KEPT), dtype=np.bool_)
+    ntried = np.zeros(largest, dtype=np.int64)
     filled = 0
     for e in range(n):
         v0, v1 = vertex_offsets[e], vertex_offsets[e + 1]
         nv = v1 - v0
-        multi = False
-        for v in range(v0 + 1, v1):
-            if vertex_part[v] != vertex_part[v0]:
-                multi = True
-                break
-        if not multi:
-            offsets[e + 1] = filled
+        if nv < 2 or vertex_part[v1 - 1] == vertex_part[v0]:
+            offsets[e + 1] = filled  # one part (parts are numbered in order)
             continue
-        e0, e1 = edge_offsets[e], edge_offsets[e + 1]
+        for j in range(nv):
+            xs[j], ys[j] = vertices[v0 + j, 0], vertices[v0 + j, 1]
+        lo = 0
+        for j in range(1, nv + 1):
+            if j == nv or vertex_part[v0 + j] != vertex_part[v0 + lo]:
+                for i in range(lo, j):
+                    part_lo[i], part_hi[i] = lo, j
+                lo = j
+        e0 = edge_offsets[e]
+        ne = edge_offsets[e + 1] - e0
+        for m in range(ne):
+            c, d = edges[e0 + m, 0] - v0, edges[e0 + m, 1] - v0
+            ec[m], ed[m] = c, d
+            bx0[m], bx1[m] = min(xs[c], xs[d]), max(xs[c], xs[d])
+            by0[m], by1[m] = min(ys[c], ys[d]), max(ys[c], ys[d])
         start = filled
-        for a in range(v0, v1):
-            # distances to the vertices of other parts, noting the nearest on the way
-            best, best_d = -1, np.inf
+        for a in range(nv):
             for j in range(nv):
-                b = v0 + j
-                if vertex_part[b] == vertex_part[a]:
-                    dist[j] = np.inf
-                else:
-                    dx = vertices[b, 0] - vertices[a, 0]
-                    dy = vertices[b, 1] - vertices[a, 1]
-                    d = dx * dx + dy * dy
-                    dist[j] = d
-                    if d < best_d:
-                        best, best_d = j, d
+                dx, dy = xs[j] - xs[a], ys[j] - ys[a]
+                dist[j] = dx * dx + dy * dy
+            for j in range(part_lo[a], part_hi[a]):
+                dist[j] = np.inf  # own part
             found = 0
-            tried = 0
-            # nearest first: a short linear scan, then (rarely) a full stable sort
-            while best >= 0:
-                dist[best] = np.inf
-                tried += 1
-                b = v0 + best
-                if _visible(a, b, vertices, edges, e0, e1, eps):
-                    keys[filled] = min(a, b) * total + max(a, b)
-                    filled += 1
-                    found += 1
-                if found >= k or tried >= _SCAN_FIRST:
-                    break
-                best, best_d = -1, np.inf
+            ntried[a] = 0
+            while found < k:
+                b, best = -1, np.inf
                 for j in range(nv):
-                    if dist[j] < best_d:
-                        best, best_d = j, dist[j]
-            if found < k and tried == _SCAN_FIRST:
-                order = np.argsort(dist[:nv], kind="mergesort")
-                for j in order:
-                    if found >= k or dist[j] == np.inf:
-                        break
-                    b = v0 + j
-                    if _visible(a, b, vertices, edges, e0, e1, eps):
-                        keys[filled] = min(a, b) * total + max(a, b)
+                    if dist[j] < best:
+                        b, best = j, dist[j]
+                if b < 0:
+                    break  # no vertex of another part left
+                dist[b] = np.inf
+                known = -1
+                if b < a:
+                    for q in range(ntried[b]):
+                        if tried_b[b, q] == a:
+                            known = 1 if tried_ok[b, q] else 0
+                if known >= 0:
+                    ok = known == 1  # and if visible, already recorded from b's side
+                else:
+                    # p sees q unless an edge meets pq farther than eps from both ends
+                    p, q = min(a, b), max(a, b)
+                    px, py, qx, qy = xs[p], ys[p], xs[q], ys[q]
+                    rx, ry = qx - px, qy - py
+                    length = math.sqrt(rx * rx + ry * ry)
+                    ok = True
+                    if length > 2.0 * eps:  # else no point of pq is far from both ends
+                        minx, maxx = min(px, qx) - eps, max(px, qx) + eps
+                        miny, maxy = min(py, qy) - eps, max(py, qy) + eps
+                        hits = 0
+                        for m in range(ne):
+                            near[hits] = m
+                            hits += (bx1[m] >= minx) & (bx0[m] <= maxx) & (by1[m] >= miny) & (by0[m] <= maxy)
+                        for h in range(hits):
+                            m = near[h]
+                            c, d = ec[m], ed[m]
+                            cx, cy, dx, dy = xs[c], ys[c], xs[d], ys[d]
+                            if c == p or c == q or d == p or d == q:
+                                # meets pq at an end (never blocking) unless it runs along pq
+                                if (_parallel(rx, ry, dx - cx, dy - cy, length)
+                                        and _overlaps_along(px, py, rx, ry, cx, cy, dx, dy, length, eps)):
+                                    ok = False
+                                    break
+                            elif _blocks(px, py, qx, qy, cx, cy, dx, dy, length, eps):
+                                ok = False
+                                break
+                    if ok:
+                        keys[filled] = (v0 + p) * total + v0 + q
                         filled += 1
-                        found += 1
+                t = ntried[a]
+                if t < _TRIED_KEPT:
+                    tried_b[a, t], tried_ok[a, t] = b, ok
+                    ntried[a] = t + 1
+                if ok:
+                    found += 1
         # sort this entity's pairs and drop duplicates (a↔b found from both ends)
         m = filled - start
         _sort_pairs(keys[start:filled], m)
