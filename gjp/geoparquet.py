@@ -13,12 +13,12 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import shapely
 
 from gjp.errors import GjpError
+from gjp.geometry import wkb
 
 FORMAT = "gjp-tiles"
 FORMAT_VERSION = 1
@@ -41,10 +41,6 @@ BASE_SCHEMA = pa.schema([
     ("bbox", pa.struct([(f, pa.float64()) for f in BBOX_FIELDS])),
 ])
 
-_GEOMETRY_TYPES = {0: "Point", 1: "LineString", 3: "Polygon", 4: "MultiPoint",
-                   5: "MultiLineString", 6: "MultiPolygon", 7: "GeometryCollection"}
-
-
 @lru_cache(maxsize=1)
 def _crs84_projjson() -> dict:
     import pyproj
@@ -52,49 +48,39 @@ def _crs84_projjson() -> dict:
     return pyproj.CRS("OGC:CRS84").to_json_dict()
 
 
-def _geometry_types(geoms: np.ndarray) -> list[str]:
-    ids = np.unique(shapely.get_type_id(geoms))
-    return [_GEOMETRY_TYPES[int(i)] for i in ids if int(i) in _GEOMETRY_TYPES]
-
-
 def geo_metadata(table: pa.Table) -> dict:
     """The GeoParquet ``geo`` metadata of a table. Columns already described in the table's
-    own metadata (read from an earlier step's file) are reused: steps only add columns."""
+    own metadata (read from an earlier step's file) are reused: steps only add columns.
+    Types come from the WKB headers and the extent from the ``bbox`` covering column, so
+    no geometry is decoded."""
     known = json.loads((table.schema.metadata or {}).get(b"geo", b"{}")).get("columns", {})
     columns = {}
     if "geometry" in known:
         columns["geometry"] = known["geometry"]
     else:
-        geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
-        b = shapely.total_bounds(geoms) if len(geoms) else np.zeros(4)
         columns["geometry"] = {
             "encoding": "WKB",
-            "geometry_types": _geometry_types(geoms),
+            "geometry_types": wkb.geometry_type_names(table.column("geometry")),
             "crs": _crs84_projjson(),
-            "bbox": [float(v) for v in b],
+            "bbox": _extent(table),
             "covering": {"bbox": {k: ["bbox", k] for k in BBOX_FIELDS}},
         }
     if "local" in known:
         columns["local"] = known["local"]
     elif "local" in table.column_names:
-        columns["local"] = _local_description(
-            shapely.from_wkb(table.column("local").to_numpy(zero_copy_only=False)))
+        # tile units (x east, y north, 1.0 = tile width): an engineering frame, so no CRS
+        columns["local"] = {"encoding": "WKB", "geometry_types": wkb.geometry_type_names(table.column("local")),
+                            "crs": None}
     return {"version": "1.1.0", "primary_column": "geometry", "columns": columns}
 
 
-def describe_local(table: pa.Table, local: np.ndarray) -> pa.Table:
-    """Record the GeoParquet description of the ``local`` column from geometries already
-    at hand, so that writing need not decode them again."""
-    meta = dict(table.schema.metadata or {})
-    geo = json.loads(meta.get(b"geo", b"{}"))
-    geo.setdefault("columns", {})["local"] = _local_description(local)
-    meta[b"geo"] = json.dumps(geo).encode()
-    return table.replace_schema_metadata(meta)
-
-
-def _local_description(local: np.ndarray) -> dict:
-    # Tile units (x east, y north, 1.0 = tile width): an engineering frame, so no CRS.
-    return {"encoding": "WKB", "geometry_types": _geometry_types(local), "crs": None}
+def _extent(table: pa.Table) -> list[float]:
+    if table.num_rows == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    bbox = table.column("bbox")
+    lows = [pc.min(pc.struct_field(bbox, f)).as_py() for f in ("xmin", "ymin")]
+    highs = [pc.max(pc.struct_field(bbox, f)).as_py() for f in ("xmax", "ymax")]
+    return [float(v) for v in lows + highs]
 
 
 def write_group_file(table: pa.Table, path: Path, gjp_meta: dict) -> None:
@@ -158,9 +144,11 @@ def _check_schema(path: Path, schema: pa.Schema, require: tuple[str, ...]) -> di
 def read_group_file(path: Path, require: tuple[str, ...] = ()) -> tuple[pa.Table, dict]:
     """Read a group file and its ``gjp`` metadata, checking format and required columns."""
     try:
-        file = pq.ParquetFile(path)
+        # small files: one read call, no read-ahead, no thread pool hand-off (the steps
+        # already run files in parallel)
+        file = pq.ParquetFile(path, pre_buffer=False)
         meta = _check_schema(path, file.schema_arrow, require)
-        table = file.read()
+        table = file.read(use_threads=False)
     except (OSError, pa.ArrowException) as err:
         raise GjpError(f"{path}: not a readable Parquet file ({err})") from err
     return table, meta

@@ -38,6 +38,38 @@ def test_min_box_angle_is_canonical():
     assert b["min_box_width"][0] == pytest.approx(0.05) and b["min_box_height"][0] == pytest.approx(0.2)
 
 
+def test_equal_area_boxes_break_ties_by_angle_whatever_the_ring_order():
+    # a right triangle at a tile corner has two minimum boxes of equal area: along its
+    # legs and along its hypotenuse; the smaller angle (the legs) wins for every start
+    # vertex and orientation of the ring
+    corners = [(0.0, 0.6), (0.0, 1.0), (0.3, 1.0)]
+    rings = [corners[i:] + corners[:i] for i in range(3)]
+    rings += [r[::-1] for r in rings]
+    b = boxes([shapely.Polygon(r) for r in rings])
+    assert np.all(b["min_box_angle"] == 0.0)
+    assert np.allclose(sorted([b["min_box_width"][0], b["min_box_height"][0]]), [0.3, 0.4])
+    assert np.all(b["min_box"] == b["min_box"][0])
+
+
+def test_hulls_match_geos():
+    from gjp.geometry.minbox import hull_vertices
+
+    rng = np.random.default_rng(3)
+    geoms = [shapely.MultiPoint(rng.random((n, 2)).round(2)) for n in (1, 2, 3, 7, 40, 200)]
+    geoms += [shapely.LineString([(0, 0), (0.5, 0.5), (1, 1)]),  # collinear: a segment
+              shapely.MultiPoint([(0.2, 0.2)] * 3),  # one point, repeated
+              shapely.from_wkt("POLYGON ((0 0, 1 0, 1 1, 0.5 1, 0 1, 0 0))")]  # collinear hull vertex
+    coords, offsets = hull_vertices(np.array(geoms, dtype=object))
+    for i, g in enumerate(geoms):
+        ours = coords[offsets[i]:offsets[i + 1]]
+        hull = shapely.convex_hull(g)
+        expected = shapely.get_coordinates(hull)
+        if hull.geom_type == "Polygon":
+            expected = expected[:-1]
+            assert shapely.Polygon(ours).exterior.is_ccw
+        assert sorted(map(tuple, ours)) == sorted(map(tuple, expected))
+
+
 def test_min_side_floor_widens_about_the_centre():
     line = shapely.LineString([(0.1, 0.1), (0.3, 0.1)])
     b = boxes([line], min_side=0.01)

@@ -236,3 +236,16 @@ def test_info_summarises_the_graphs(pipeline):
     assert 300 < s["tile_width_m"][0] <= s["tile_width_m"][1] < 520
     text = format_summary(s)
     assert f"{s['tiles']} tiles" in text and "visibility edges" in text
+
+
+def test_wkb_walker_reads_the_files_like_shapely(pipeline):
+    from gjp.geometry import wkb
+
+    _, _, _, table = pipeline
+    for name in ("geometry", "local"):
+        column = table.column(name)
+        geoms = shapely.from_wkb(column.to_numpy(zero_copy_only=False))
+        walked = wkb.walk(column)
+        assert np.array_equal(walked.coords, shapely.get_coordinates(geoms))
+        ids = {0: 1, 1: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7}
+        assert walked.row_type.tolist() == [ids[t] for t in shapely.get_type_id(geoms)]

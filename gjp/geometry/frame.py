@@ -6,29 +6,51 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 
 from gjp import grid
 
 
 def tile_xy(tiles: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Tile x and y of each row's ``tile`` name."""
-    names, inverse = np.unique(np.asarray(tiles.to_pylist(), dtype=object), return_inverse=True)
+    """Tile x and y of each row's ``tile`` name (a file holds ≤ 16 distinct names: each
+    is parsed once)."""
+    codes, names = dictionary_codes(tiles)
     xy = np.array([grid.parse_tile_name(n)[1:] for n in names], dtype=np.int64).reshape(-1, 2)
-    return xy[inverse, 0], xy[inverse, 1]
+    return xy[codes, 0], xy[codes, 1]
+
+
+def dictionary_codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
+    """``(codes, distinct values)`` of a low-cardinality column, ``values[i] ==
+    distinct[codes[i]]``, without a Python object per row."""
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.unify_dictionaries() if encoded.num_chunks > 1 else encoded
+        chunks = encoded.chunks
+        dictionary = chunks[0].dictionary if chunks else pa.array([], values.type)
+        codes = (np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+                 if chunks else np.zeros(0, dtype=np.int32))
+    else:
+        dictionary, codes = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False)
+    return codes.astype(np.int64, copy=False), dictionary.to_pylist()
 
 
 def lonlat_to_local(geoms: np.ndarray, x: np.ndarray, y: np.ndarray, zoom: int) -> np.ndarray:
-    """Geometries (lon/lat) → the local frame of each row's tile ``(x, y)``.
+    """Geometries (lon/lat) → the local frame of each row's tile ``(x, y)``."""
+    coords, index = shapely.get_coordinates(geoms, return_index=True)
+    return shapely.set_coordinates(geoms.copy(), local_coords(coords, x[index], y[index], zoom))
+
+
+def local_coords(lonlat: np.ndarray, x: np.ndarray, y: np.ndarray, zoom: int) -> np.ndarray:
+    """Lon/lat coordinates ``[N,2]`` → the local frame of tile ``(x[i], y[i])`` each.
 
     Coordinates are clamped to [0, 1]: clipped geometry lies on the tile border up to the
     round-off of the lon/lat round trip (~1e-11 tile units).
     """
-    coords, index = shapely.get_coordinates(geoms, return_index=True)
-    fx, fy = grid.lonlat_to_fractional(coords[:, 0], coords[:, 1], zoom)
-    local = np.column_stack([fx - x[index], (y[index] + 1) - fy])
+    fx, fy = grid.lonlat_to_fractional(lonlat[:, 0], lonlat[:, 1], zoom)
+    local = np.column_stack([fx - x, (y + 1) - fy])
     np.clip(local, 0.0, 1.0, out=local)
-    return shapely.set_coordinates(geoms.copy(), local)  # replaces elements, not the inputs
+    return local
 
 
 def metres_to_units(metres: float, y: np.ndarray, zoom: int) -> np.ndarray:

@@ -13,6 +13,8 @@ Conventions (all in tile units, see :mod:`gjp.geometry.frame`):
   c − w/2·u + h/2·v (counter-clockwise), flattened to 8 numbers x0 y0 … x3 y3.
 * Sides shorter than ``min_side_m`` (1.5 m) are widened about the centre to that length,
   and width, height and area describe the widened box.
+* Of rectangles with the same area (within 1e-12, e.g. the two of a right triangle), the
+  one with the smaller angle is taken.
 * A point (or an entity whose vertices coincide) gets a square of side ``min_side_m``
   whose angle comes from a hash of (seed, OSM type, OSM id): seeded and reproducible.
 """
@@ -24,10 +26,10 @@ import math
 import numba
 import numpy as np
 import pyarrow as pa
-import shapely
 
 from gjp.errors import GjpError
-from gjp.geometry.frame import metres_to_units, tile_xy
+from gjp.geometry import wkb
+from gjp.geometry.frame import dictionary_codes, metres_to_units, tile_xy
 from gjp.stages import StageReport, add_columns, run_stage
 from gjp.ui import QUIET, Reporter
 
@@ -46,7 +48,7 @@ def min_area_rectangles(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         s, t = offsets[e], offsets[e + 1]
         if t <= s:
             continue
-        best = np.inf
+        best, best_key = np.inf, np.inf
         cx, cy, bw, bh, ba = coords[s, 0], coords[s, 1], 0.0, 0.0, np.nan
         m = t - s
         for i in range(m):
@@ -64,8 +66,14 @@ def min_area_rectangles(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
                 lo_u, hi_u = min(lo_u, pu), max(hi_u, pu)
                 lo_v, hi_v = min(lo_v, pv), max(hi_v, pv)
             area = (hi_u - lo_u) * (hi_v - lo_v)
-            if area < best:
-                best = area
+            # the width side's direction modulo a quarter turn: the same for the four
+            # edge directions of one rectangle, and the tie-break between rectangles of
+            # equal area (a right triangle has two), whatever vertex the hull starts at
+            key = math.atan2(uy, ux) % (0.5 * math.pi)
+            if key > 0.5 * math.pi - 1e-12:
+                key = 0.0
+            if area < best * (1.0 - 1e-12) or (area <= best * (1.0 + 1e-12) and key < best_key):
+                best, best_key = area, key
                 mu, mv = 0.5 * (lo_u + hi_u), 0.5 * (lo_v + hi_v)
                 cx, cy = mu * ux - mv * uy, mu * uy + mv * ux
                 bw, bh, ba = hi_u - lo_u, hi_v - lo_v, math.atan2(uy, ux)
@@ -86,24 +94,59 @@ def unit_hash(seed: int, osm_type: np.ndarray, osm_id: np.ndarray) -> np.ndarray
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def hull_vertices(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Convex-hull vertices of each geometry as CSR (``coords``, ``offsets``), without
-    the closing vertex of polygon hulls."""
-    hulls = shapely.convex_hull(geoms)
-    coords, index = shapely.get_coordinates(hulls, return_index=True)
-    counts = np.bincount(index, minlength=len(geoms))
-    closed = shapely.get_type_id(hulls) == 3
-    keep = np.ones(len(coords), dtype=bool)
-    ends = np.cumsum(counts) - 1
-    keep[ends[closed & (counts > 0)]] = False
-    counts = counts - closed.astype(np.int64) * (counts > 0)
-    offsets = np.zeros(len(geoms) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    return np.ascontiguousarray(coords[keep]), offsets
+@numba.njit(cache=True, nogil=True)
+def _hulls(coords: np.ndarray, offsets: np.ndarray):
+    """Convex hulls (Andrew's monotone chain) of point sets ``coords[offsets[e]:offsets[e+1]]``,
+    each sorted by x then y: counter-clockwise from the lowest-x point, collinear points
+    left out, so a hull has 1 (a point), 2 (a segment) or ≥ 3 vertices."""
+    n = len(offsets) - 1
+    out = np.empty_like(coords)
+    out_offsets = np.zeros(n + 1, dtype=np.int64)
+    chain = np.empty(len(coords) + 1, dtype=np.int64)
+    filled = 0
+    for e in range(n):
+        s, t = offsets[e], offsets[e + 1]
+        h = 0
+        for turn in range(2):  # lower chain left to right, then upper chain back
+            base = h
+            for step in range(t - s):
+                i = s + step if turn == 0 else t - 1 - step
+                while h >= base + 2:
+                    o, a = chain[h - 2], chain[h - 1]
+                    cross = ((coords[a, 0] - coords[o, 0]) * (coords[i, 1] - coords[o, 1])
+                             - (coords[a, 1] - coords[o, 1]) * (coords[i, 0] - coords[o, 0]))
+                    if cross > 0.0:
+                        break
+                    h -= 1
+                if h > base and coords[chain[h - 1], 0] == coords[i, 0] and coords[chain[h - 1], 1] == coords[i, 1]:
+                    continue  # a repeated point
+                chain[h] = i
+                h += 1
+            h -= 1  # each chain's last point starts the other one
+            base = h
+        m = max(h, 1) if t > s else 0
+        if m == 2 and coords[chain[0], 0] == coords[chain[1], 0] and coords[chain[0], 1] == coords[chain[1], 1]:
+            m = 1
+        for q in range(m):
+            out[filled + q] = coords[chain[q]]
+        filled += m
+        out_offsets[e + 1] = filled
+    return out[:filled].copy(), out_offsets
 
 
-def min_boxes(geoms: np.ndarray, min_side: np.ndarray, point_unit: np.ndarray) -> dict[str, np.ndarray]:
-    """Min boxes of local geometries; ``min_side`` in tile units per row, ``point_unit`` a
+def hull_vertices(geoms) -> tuple[np.ndarray, np.ndarray]:
+    """Convex-hull vertices of each geometry (a WKB column, or shapely geometries) as CSR
+    (``coords``, ``offsets``), counter-clockwise, without a closing vertex."""
+    walked = wkb.walk(geoms)
+    coords, row = walked.coords, walked.row_of_coord()
+    order = np.lexsort((coords[:, 1], coords[:, 0], row))
+    offsets = np.zeros(walked.rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(row, minlength=walked.rows), out=offsets[1:])
+    return _hulls(np.ascontiguousarray(coords[order]), offsets)
+
+
+def min_boxes(geoms, min_side: np.ndarray, point_unit: np.ndarray) -> dict[str, np.ndarray]:
+    """Min boxes of local geometries (a WKB column, or shapely geometries); ``min_side`` in tile units per row, ``point_unit`` a
     number in [0, 1) per row that fixes the angle of degenerate (point) boxes."""
     coords, offsets = hull_vertices(geoms)
     rect = min_area_rectangles(coords, offsets)
@@ -128,11 +171,11 @@ def min_boxes(geoms: np.ndarray, min_side: np.ndarray, point_unit: np.ndarray) -
 
 
 def bbox_table(table: pa.Table, zoom: int, min_side_m: float = DEFAULT_MIN_SIDE_M, seed: int = 0) -> pa.Table:
-    geoms = shapely.from_wkb(table.column("local").to_numpy(zero_copy_only=False))
     _, y = tile_xy(table.column("tile"))
-    types = np.array([_OSM_TYPE_CODE[t] for t in table.column("osm_type").to_pylist()], dtype=np.uint64)
+    codes, names = dictionary_codes(table.column("osm_type"))
+    types = np.array([_OSM_TYPE_CODE[t] for t in names], dtype=np.uint64)[codes]
     ids = table.column("osm_id").to_numpy()
-    boxes = min_boxes(geoms, metres_to_units(min_side_m, y, zoom), unit_hash(seed, types, ids))
+    boxes = min_boxes(table.column("local"), metres_to_units(min_side_m, y, zoom), unit_hash(seed, types, ids))
     columns = {"min_box": pa.FixedSizeListArray.from_arrays(pa.array(boxes["min_box"].ravel()), 8)}
     for name in ("min_box_width", "min_box_height", "min_box_area", "min_box_angle"):
         columns[name] = pa.array(boxes[name], pa.float64())

@@ -16,11 +16,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 
 from gjp.errors import GjpError
-from gjp.geoparquet import describe_local
-from gjp.geometry.frame import lonlat_to_local, metres_to_units, tile_xy
+from gjp.geometry import wkb
+from gjp.geometry.frame import local_coords, metres_to_units, tile_xy
 from gjp.stages import StageReport, add_columns, run_stage
 from gjp.ui import QUIET, Reporter
 
@@ -77,32 +78,48 @@ def would_simplify(coords: np.ndarray, offsets: np.ndarray, closed: np.ndarray, 
     return out
 
 
-def simplify_local(local: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
-    """GEOS topology-preserving simplification, skipped for the geometries (single lines
-    and hole-free polygons) where Douglas–Peucker would remove nothing."""
-    types = shapely.get_type_id(local)
-    simple = (types == 1) | ((types == 3) & (shapely.get_num_interior_rings(local) == 0))
-    changed = ~simple & (types != 0)
+def simplify_wkb(local: pa.Array | pa.ChunkedArray, tolerance: np.ndarray, walked: wkb.Walk | None = None) -> pa.Array:
+    """GEOS topology-preserving simplification of a WKB column of local geometries,
+    skipped for the single lines and hole-free polygons where Douglas–Peucker would
+    remove nothing (their bytes are kept). ``walked``: the column's walk, if at hand."""
+    walked = wkb.walk(local) if walked is None else walked
+    types, parts = walked.row_type, np.diff(walked.row_part_offsets)
+    simple = (types == 2) | ((types == 3) & (parts <= 1))
+    changed = ~simple & (types != 1)
     idx = np.flatnonzero(simple)
     if len(idx):
-        coords, owner = shapely.get_coordinates(local[idx], return_index=True)
+        row_counts = np.diff(walked.row_coord_offsets())
+        coords = walked.coords[np.repeat(simple, row_counts)]
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(owner, minlength=len(idx)), out=offsets[1:])
+        np.cumsum(row_counts[idx], out=offsets[1:])
         changed[idx] = would_simplify(coords, offsets, types[idx] == 3, tolerance[idx])
-    out = local.copy()
-    if changed.any():
-        out[changed] = shapely.simplify(local[changed], tolerance[changed], preserve_topology=True)
-    return out
+    if not changed.any():
+        return local
+    local = local.combine_chunks() if isinstance(local, pa.ChunkedArray) else local
+    rows = np.flatnonzero(changed)
+    geoms = shapely.from_wkb(local.take(pa.array(rows)).to_numpy(zero_copy_only=False))
+    simplified = shapely.to_wkb(shapely.simplify(geoms, tolerance[rows], preserve_topology=True))
+    return pc.replace_with_mask(local, pa.array(changed), pa.array(simplified, pa.binary()))
+
+
+def simplify_local(local: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
+    """:func:`simplify_wkb` for shapely geometries."""
+    return shapely.from_wkb(simplify_wkb(wkb.as_wkb(local), tolerance).to_numpy(zero_copy_only=False))
 
 
 def simplify_table(table: pa.Table, zoom: int, tolerance_m: float = DEFAULT_TOLERANCE_M) -> pa.Table:
-    geoms = shapely.from_wkb(table.column("geometry").to_numpy(zero_copy_only=False))
+    # the coordinates are rewritten inside the WKB, so no geometry is built except for
+    # the rows GEOS simplifies
+    geometry = table.column("geometry")
+    walked = wkb.walk(geometry)
     x, y = tile_xy(table.column("tile"))
-    local = lonlat_to_local(geoms, x, y, zoom)
+    row = walked.row_of_coord()
+    coords = local_coords(walked.coords, x[row], y[row], zoom)
+    local = wkb.with_coords(geometry, walked, coords)
     if tolerance_m > 0:
-        local = simplify_local(local, metres_to_units(tolerance_m, y, zoom))
-    table = add_columns(table, {"local": pa.array(shapely.to_wkb(local), pa.binary())})
-    return describe_local(table, local)
+        walked.coords = coords
+        local = simplify_wkb(local, metres_to_units(tolerance_m, y, zoom), walked)
+    return add_columns(table, {"local": local})
 
 
 def simplify(input_dir="tiles", output_dir="simplified", *, tolerance_m: float = DEFAULT_TOLERANCE_M,

@@ -25,9 +25,9 @@ import math
 import numba
 import numpy as np
 import pyarrow as pa
-import shapely
 
 from gjp.errors import GjpError
+from gjp.geometry import wkb
 from gjp.stages import StageReport, add_columns, run_stage
 from gjp.ui import QUIET, Reporter
 
@@ -40,43 +40,20 @@ _TRIED_KEPT = 8
 
 # --------------------------------------------------------------------------- graph structure
 
-def _splice(parts, owner, replaced, pieces, piece_of):
-    """Replace ``parts[replaced]`` by their ``pieces`` (``piece_of`` = index into the
-    replaced ones), keeping the order: a part's pieces take its place."""
-    slot = np.flatnonzero(replaced)[piece_of]
-    order = np.argsort(np.concatenate([np.flatnonzero(~replaced), slot]), kind="stable")
-    return (np.concatenate([parts[~replaced], pieces])[order],
-            np.concatenate([owner[~replaced], owner[replaced][piece_of]])[order])
-
-
-def _explode(geoms: np.ndarray):
-    """Flatten to simple parts (Point, LineString, LinearRing) with the entity of each."""
-    parts, owner = shapely.get_parts(geoms, return_index=True)
-    while True:
-        nested = shapely.get_type_id(parts) >= 4  # Multi* and GeometryCollection
-        if not nested.any():
-            break
-        pieces, piece_of = shapely.get_parts(parts[nested], return_index=True)
-        parts, owner = _splice(parts, owner, nested, pieces, piece_of)
-    polys = shapely.get_type_id(parts) == 3
-    if polys.any():
-        rings, ring_of = shapely.get_rings(parts[polys], return_index=True)
-        parts, owner = _splice(parts, owner, polys, rings, ring_of)
-    return parts, owner
-
-
-def entity_graphs(geoms: np.ndarray):
-    """Vertices and geometry edges of every entity, as flat arrays with CSR offsets.
+def entity_graphs(geoms):
+    """Vertices and geometry edges of every entity (a WKB column, or shapely geometries),
+    as flat arrays with CSR offsets.
 
     Returns ``vertices [V,2]``, ``vertex_part [V]`` (part index within its entity),
     ``vertex_offsets [E+1]``, ``edges [M,2]`` (global vertex indices) and
     ``edge_offsets [E+1]``.
     """
-    n = len(geoms)
-    parts, owner = _explode(geoms)
-    coords, cindex = shapely.get_coordinates(parts, return_index=True)
-    counts = np.bincount(cindex, minlength=len(parts))
-    is_ring = shapely.get_type_id(parts) == 2
+    walked = wkb.walk(geoms)
+    n = walked.rows
+    owner = walked.part_row
+    coords = walked.coords
+    counts = np.diff(walked.part_offsets)
+    is_ring = walked.part_kind == wkb.RING
     # drop each ring's repeated closing vertex
     keep = np.ones(len(coords), dtype=bool)
     ends = np.cumsum(counts) - 1
@@ -84,7 +61,7 @@ def entity_graphs(geoms: np.ndarray):
     keep[ends[drop]] = False
     counts = counts - drop
     vertices = np.ascontiguousarray(coords[keep])
-    part_of_vertex = np.repeat(np.arange(len(parts)), counts)
+    part_of_vertex = np.repeat(np.arange(len(counts)), counts)
     entity_of_vertex = owner[part_of_vertex]
 
     vertex_offsets = np.zeros(n + 1, dtype=np.int64)
@@ -96,7 +73,7 @@ def entity_graphs(geoms: np.ndarray):
     vertex_part = (part_of_vertex - first_part[entity_of_vertex]).astype(np.int32)
 
     # geometry edges: i → i+1 inside a part, and last → first for rings of ≥ 3 vertices
-    part_start = np.zeros(len(parts), dtype=np.int64)
+    part_start = np.zeros(len(counts), dtype=np.int64)
     part_start[1:] = np.cumsum(counts)[:-1]
     same_part = np.zeros(len(vertices), dtype=bool)
     same_part[:-1] = part_of_vertex[1:] == part_of_vertex[:-1]
@@ -309,8 +286,9 @@ def visibility_kernel(vertices, vertex_part, vertex_offsets, edges, edge_offsets
     return pairs, offsets
 
 
-def visibility_edges(geoms: np.ndarray, k: int = DEFAULT_K, eps: float = DEFAULT_EPS):
-    """Graphs with visibility edges for local geometries (see the module doc).
+def visibility_edges(geoms, k: int = DEFAULT_K, eps: float = DEFAULT_EPS):
+    """Graphs with visibility edges for local geometries (a WKB column, or shapely
+    geometries; see the module doc).
 
     Returns ``(vertices, vertex_part, vertex_offsets, geometry_edges, edge_offsets,
     visibility_pairs, visibility_offsets)``; edge arrays hold global vertex indices.
@@ -330,12 +308,12 @@ def _nested(values: np.ndarray, offsets: np.ndarray, width: int, dtype) -> pa.Ar
 
 
 def visibility_table(table: pa.Table, zoom: int, k: int = DEFAULT_K, eps: float = DEFAULT_EPS) -> pa.Table:
-    geoms = shapely.from_wkb(table.column("local").to_numpy(zero_copy_only=False))
-    vertices, vertex_part, voff, edges, eoff, pairs, poff = visibility_edges(geoms, k, eps)
+    vertices, vertex_part, voff, edges, eoff, pairs, poff = visibility_edges(table.column("local"), k, eps)
     # store edges with entity-local vertex indices
-    entity_of_edge = np.repeat(np.arange(len(geoms)), np.diff(eoff))
+    n = table.num_rows
+    entity_of_edge = np.repeat(np.arange(n), np.diff(eoff))
     local_edges = edges - voff[entity_of_edge][:, None]
-    entity_of_pair = np.repeat(np.arange(len(geoms)), np.diff(poff))
+    entity_of_pair = np.repeat(np.arange(n), np.diff(poff))
     local_pairs = pairs - voff[entity_of_pair][:, None]
     return add_columns(table, {
         "vertices": _nested(vertices, voff, 2, pa.float64()),
