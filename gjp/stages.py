@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from gjp.errors import GjpError
 from gjp.geoparquet import list_group_files, read_group_file, write_group_file
 from gjp.io import atomic_directory, provenance
 from gjp.parallel import map_jobs
@@ -45,7 +46,10 @@ def _run_one(job) -> int:
     step, transform, src, dst, require, params = job
     table, meta = read_group_file(src, require)
     zoom = int(meta["zoom"])
-    out = transform(table, zoom, **params)
+    try:
+        out = transform(table, zoom, **params)
+    except GjpError as err:  # bad content (a geometry that is not WKB): name the file
+        raise GjpError(f"{src}: {err}") from None
     assert out.num_rows == table.num_rows, f"{step} must keep every row"
     meta = dict(meta)
     meta["steps"] = [*meta.get("steps", []), provenance(step, params)]

@@ -92,6 +92,20 @@ def test_steps_out_of_order(boston, tmp_path):
                        "has no column", "run the steps in order")
 
 
+def test_a_geometry_that_is_not_wkb(boston, tmp_path):
+    import pyarrow as pa
+
+    tile_osm([boston], tmp_path / "tiles")
+    victim = sorted((tmp_path / "tiles").iterdir())[0]
+    table = pq.read_table(victim)
+    broken = pa.array([b"\x01\x03\x00\x00\x00\x09"] * table.num_rows, pa.binary())
+    table = table.set_column(table.column_names.index("geometry"), "geometry", broken)
+    pq.write_table(table, victim)
+    assert_clean_error(gjp("simplify", "-i", tmp_path / "tiles", "-o", tmp_path / "s"),
+                       victim.name, "not valid WKB")
+    assert sorted(os.listdir(tmp_path)) == ["tiles"]
+
+
 def test_existing_output_needs_overwrite(boston, tmp_path):
     out = tmp_path / "tiles"
     assert gjp("-q", "tile", boston, "-o", out).returncode == 0
