@@ -24,7 +24,10 @@ import shapely
 
 from gjp.errors import GjpError
 
+#: Part kinds.
 POINT, LINE, RING = 0, 1, 2
+#: WKB type codes of the single geometries.
+WKB_POINT, WKB_LINESTRING, WKB_POLYGON = 1, 2, 3
 #: OGC geometry type names by WKB type code.
 TYPE_NAMES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
               6: "MultiPolygon", 7: "GeometryCollection"}
