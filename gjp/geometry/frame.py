@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import shapely
 
 from gjp import grid
 
@@ -23,22 +22,10 @@ def tile_xy(tiles: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
 def dictionary_codes(values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list]:
     """``(codes, distinct values)`` of a low-cardinality column, ``values[i] ==
     distinct[codes[i]]``, without a Python object per row."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
     encoded = pc.dictionary_encode(values)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.unify_dictionaries() if encoded.num_chunks > 1 else encoded
-        chunks = encoded.chunks
-        dictionary = chunks[0].dictionary if chunks else pa.array([], values.type)
-        codes = (np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
-                 if chunks else np.zeros(0, dtype=np.int32))
-    else:
-        dictionary, codes = encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False)
-    return codes.astype(np.int64, copy=False), dictionary.to_pylist()
-
-
-def lonlat_to_local(geoms: np.ndarray, x: np.ndarray, y: np.ndarray, zoom: int) -> np.ndarray:
-    """Geometries (lon/lat) → the local frame of each row's tile ``(x, y)``."""
-    coords, index = shapely.get_coordinates(geoms, return_index=True)
-    return shapely.set_coordinates(geoms.copy(), local_coords(coords, x[index], y[index], zoom))
+    return encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64), encoded.dictionary.to_pylist()
 
 
 def local_coords(lonlat: np.ndarray, x: np.ndarray, y: np.ndarray, zoom: int) -> np.ndarray:

@@ -138,11 +138,9 @@ def hull_vertices(geoms) -> tuple[np.ndarray, np.ndarray]:
     """Convex-hull vertices of each geometry (a WKB column, or shapely geometries) as CSR
     (``coords``, ``offsets``), counter-clockwise, without a closing vertex."""
     walked = wkb.walk(geoms)
-    coords, row = walked.coords, walked.row_of_coord()
-    order = np.lexsort((coords[:, 1], coords[:, 0], row))
-    offsets = np.zeros(walked.rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(row, minlength=walked.rows), out=offsets[1:])
-    return _hulls(np.ascontiguousarray(coords[order]), offsets)
+    coords = walked.coords
+    order = np.lexsort((coords[:, 1], coords[:, 0], walked.row_of_coord()))
+    return _hulls(np.ascontiguousarray(coords[order]), walked.row_coord_offsets())
 
 
 def min_boxes(geoms, min_side: np.ndarray, point_unit: np.ndarray) -> dict[str, np.ndarray]:

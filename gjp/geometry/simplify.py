@@ -106,11 +106,6 @@ def simplify_wkb(local: pa.Array | pa.ChunkedArray, tolerance: np.ndarray, walke
     return pc.replace_with_mask(local, pa.array(changed), pa.array(simplified, pa.binary()))
 
 
-def simplify_local(local: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
-    """:func:`simplify_wkb` for shapely geometries."""
-    return shapely.from_wkb(simplify_wkb(wkb.as_wkb(local), tolerance).to_numpy(zero_copy_only=False))
-
-
 def simplify_table(table: pa.Table, zoom: int, tolerance_m: float = DEFAULT_TOLERANCE_M) -> pa.Table:
     # the coordinates are rewritten inside the WKB, so no geometry is built except for
     # the rows GEOS simplifies
