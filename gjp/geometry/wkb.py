@@ -112,6 +112,19 @@ def geometry_type_names(column: pa.Array | pa.ChunkedArray) -> list[str]:
     return [TYPE_NAMES[int(c)] for c in np.unique(geometry_type_codes(column))]
 
 
+#: ``structure_flags`` bits.
+NOT_PLAIN, HAS_EMPTY, HAS_SINGLETON_MULTI = 1, 2, 4
+
+
+def structure_flags(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Per row of a binary column's buffers (:func:`binary_buffers`), a bit mask:
+    ``NOT_PLAIN`` (some header is not little-endian 2D ISO: big-endian, Z/M or SRID; the
+    rest is then not looked at), ``HAS_EMPTY`` (an empty geometry at any depth),
+    ``HAS_SINGLETON_MULTI`` (a MultiPoint/MultiLineString/MultiPolygon of one member at
+    any depth). Rows are assumed to be valid WKB (walk them first)."""
+    return _structure_flags(data, offsets)
+
+
 def with_coords(column: pa.Array | pa.ChunkedArray, walked: Walk, coords: np.ndarray) -> pa.Array:
     """A copy of a WKB column with the coordinates of ``walked`` replaced by ``coords``
     (same order; empty points untouched): the structure and byte order are kept."""
@@ -172,6 +185,18 @@ def _header(data, pos, end):
     if base < 1 or base > 7:
         raise ValueError("unknown geometry type")
     return big, np.int64(base), ndim, pos
+
+
+@numba.njit(cache=True, inline="always")
+def _close_collections(remaining, depth):
+    """A geometry is complete: so is every open collection whose last member it was.
+    Returns the new nesting depth (0: the row is done)."""
+    while depth > 0:
+        remaining[depth - 1] -= 1
+        if remaining[depth - 1] > 0:
+            break
+        depth -= 1
+    return depth
 
 
 @numba.njit(cache=True, nogil=True)
@@ -249,12 +274,7 @@ def _walk(data, offsets):
                         pos += ndim * 8
                     npart += 1
                     part_offsets[npart] = nc
-            # a geometry is complete: so is every collection whose last member it was
-            while depth > 0:
-                remaining[depth - 1] -= 1
-                if remaining[depth - 1] > 0:
-                    break
-                depth -= 1
+            depth = _close_collections(remaining, depth)
             if depth == 0:
                 break
         row_part_offsets[r + 1] = npart
@@ -277,3 +297,51 @@ def _put_coords(data, coord_pos, coord_big, coords):
                     data[pos + 7 - j] = byte
                 else:
                     data[pos + j] = byte
+
+
+@numba.njit(cache=True, nogil=True)
+def _structure_flags(data, offsets):
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.int64)
+    remaining = np.empty(_MAX_DEPTH, dtype=np.int64)
+    for r in range(n):
+        pos, depth, flags = offsets[r], 0, 0
+        while True:
+            code = _u32(data, pos + 1, False)
+            if data[pos] != 1 or code < 1 or code > 7:
+                flags |= NOT_PLAIN
+                break
+            pos += 5
+            count = np.int64(_u32(data, pos, False))
+            if code == 1:
+                # an empty point is NaN, NaN: a NaN x has all exponent bits set and a
+                # mantissa ≠ 0 (bytes 6 and 7 of a little-endian double)
+                if (data[pos + 7] & 0x7F) == 0x7F and (data[pos + 6] & 0xF0) == 0xF0:
+                    flags |= HAS_EMPTY
+                pos += 16
+            elif code == 2:
+                pos += 4 + 16 * count
+                if count == 0:
+                    flags |= HAS_EMPTY
+            elif code == 3:
+                pos += 4
+                if count == 0:
+                    flags |= HAS_EMPTY
+                for _ in range(count):
+                    points = np.int64(_u32(data, pos, False))
+                    pos += 4 + 16 * points
+            else:
+                pos += 4
+                if count == 0:
+                    flags |= HAS_EMPTY
+                else:
+                    if count == 1 and code != 7:
+                        flags |= HAS_SINGLETON_MULTI
+                    remaining[depth] = count
+                    depth += 1
+                    continue
+            depth = _close_collections(remaining, depth)
+            if depth == 0:
+                break
+        out[r] = flags
+    return out
