@@ -60,7 +60,8 @@ def _run_one(job) -> int:
 def add_columns(table: pa.Table, columns: dict[str, pa.Array]) -> pa.Table:
     """``table`` with ``columns`` appended (replacing same-named ones from an earlier run,
     whose GeoParquet description is then dropped so that it is made anew)."""
-    replaced = [name for name in columns if name in table.column_names]
+    present = set(table.column_names)
+    replaced = [name for name in columns if name in present]
     if replaced:
         meta = dict(table.schema.metadata or {})
         if b"geo" in meta:

@@ -49,46 +49,40 @@ def entity_graphs(geoms):
     ``edge_offsets [E+1]``.
     """
     walked = wkb.walk(geoms)
-    n = walked.rows
-    owner = walked.part_row
-    coords = walked.coords
-    counts = np.diff(walked.part_offsets)
-    is_ring = walked.part_kind == wkb.RING
-    # drop each ring's repeated closing vertex
-    keep = np.ones(len(coords), dtype=bool)
-    ends = np.cumsum(counts) - 1
-    drop = is_ring & (counts > 1)
-    keep[ends[drop]] = False
-    counts = counts - drop
-    vertices = np.ascontiguousarray(coords[keep])
-    part_of_vertex = np.repeat(np.arange(len(counts)), counts)
-    entity_of_vertex = owner[part_of_vertex]
+    return _graphs(walked.coords, walked.part_offsets, walked.part_kind, walked.row_part_offsets)
 
-    vertex_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(entity_of_vertex, minlength=n), out=vertex_offsets[1:])
-    # part index within the entity: parts are grouped by entity in order
-    first_part = np.zeros(n, dtype=np.int64)
-    part_counts = np.bincount(owner, minlength=n)
-    first_part[1:] = np.cumsum(part_counts)[:-1]
-    vertex_part = (part_of_vertex - first_part[entity_of_vertex]).astype(np.int32)
 
-    # geometry edges: i → i+1 inside a part, and last → first for rings of ≥ 3 vertices
-    part_start = np.zeros(len(counts), dtype=np.int64)
-    part_start[1:] = np.cumsum(counts)[:-1]
-    same_part = np.zeros(len(vertices), dtype=bool)
-    same_part[:-1] = part_of_vertex[1:] == part_of_vertex[:-1]
-    a = np.flatnonzero(same_part)
-    closing = np.flatnonzero(is_ring & (counts >= 3))
-    ca = part_start[closing] + counts[closing] - 1
-    cb = part_start[closing]
-    edges = np.concatenate([np.column_stack([a, a + 1]), np.column_stack([ca, cb])]).astype(np.int64)
-    # every vertex starts at most one edge, so the start vertex orders edges by entity,
-    # part and position, the closing edge last
-    edges = edges[np.argsort(edges[:, 0], kind="stable")]
-    edge_entity = entity_of_vertex[edges[:, 0]]
-    edge_offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(edge_entity, minlength=n), out=edge_offsets[1:])
-    return vertices, vertex_part, vertex_offsets, np.ascontiguousarray(edges), edge_offsets
+@numba.njit(cache=True, nogil=True)
+def _graphs(coords, part_offsets, part_kind, row_part_offsets):
+    """:func:`entity_graphs` from a walk: a ring's repeated closing vertex is dropped;
+    edges join consecutive vertices of a part, and close rings of ≥ 3 vertices (last →
+    first), in entity, part and vertex order."""
+    rows = len(row_part_offsets) - 1
+    vertices = np.empty_like(coords)
+    vertex_part = np.empty(len(coords), dtype=np.int32)
+    vertex_offsets = np.zeros(rows + 1, dtype=np.int64)
+    edges = np.empty((len(coords), 2), dtype=np.int64)  # ≤ one edge per vertex
+    edge_offsets = np.zeros(rows + 1, dtype=np.int64)
+    nv, ne = 0, 0
+    for r in range(rows):
+        for p in range(row_part_offsets[r], row_part_offsets[r + 1]):
+            s, t = part_offsets[p], part_offsets[p + 1]
+            ring = part_kind[p] == wkb.RING
+            if ring and t - s > 1:
+                t -= 1
+            first = nv
+            for c in range(s, t):
+                vertices[nv, 0], vertices[nv, 1] = coords[c, 0], coords[c, 1]
+                vertex_part[nv] = p - row_part_offsets[r]
+                if c > s:
+                    edges[ne, 0], edges[ne, 1] = nv - 1, nv
+                    ne += 1
+                nv += 1
+            if ring and nv - first >= 3:
+                edges[ne, 0], edges[ne, 1] = nv - 1, first
+                ne += 1
+        vertex_offsets[r + 1], edge_offsets[r + 1] = nv, ne
+    return vertices[:nv].copy(), vertex_part[:nv].copy(), vertex_offsets, edges[:ne].copy(), edge_offsets
 
 
 # --------------------------------------------------------------------------- the kernel
