@@ -6,10 +6,11 @@ wide). Simplification preserves topology, and its output is byte for byte that o
 topology-preserving simplifier: rings never collapse or self-intersect, holes stay holes,
 and no part disappears.
 
-GEOS is only called for the rows where it could differ from plain Douglas–Peucker
-(2–10% of the rows of real extracts). A numba pass (:func:`plan_rows`) runs the same
-recursion as GEOS, with GEOS' distance formula, on every line and ring, and accepts its
-result when it can show that GEOS would accept every flattening too:
+GEOS is only called for the rows where it could differ from plain Douglas–Peucker (at
+0.3 m, under 10% of the rows on 11 of the 13 shared extracts). A numba pass
+(:func:`plan_rows`) runs the same recursion as GEOS, with GEOS' distance formula, on
+every line and ring, and accepts its result when it can show that GEOS would accept every
+flattening too:
 
 - no flattened segment meets another segment of the geometry (as input, or flattened)
   except at one shared end point: a superset of the segments GEOS tests at any moment;
