@@ -130,3 +130,16 @@ def test_structure_flags():
     column = pa.array([shapely.to_wkb(line, byte_order=0)], pa.binary())
     out = simplify_wkb(column, np.array([0.01])).to_numpy(zero_copy_only=False)
     assert shapely.from_wkb(out[0]).wkt == "LINESTRING (0 0, 2 0)"
+
+
+def test_chunked_and_large_binary_columns():
+    shapes = random_shapes(seed=3, count=60)
+    wkbs = shapely.to_wkb(shapes)
+    column = pa.chunked_array([pa.array(wkbs[:25], pa.large_binary()), pa.array(wkbs[25:], pa.large_binary())])
+    out = simplify_wkb(column, np.full(len(shapes), 0.2)).to_numpy(zero_copy_only=False)
+    assert (out == geos(shapes, 0.2)).all()
+
+
+def test_an_empty_column():
+    column = pa.array([], pa.binary())
+    assert len(simplify_wkb(column, np.zeros(0))) == 0
