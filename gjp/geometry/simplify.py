@@ -174,8 +174,10 @@ def plan_rows(coords, part_offsets, part_kind, row_part_offsets, flags, toleranc
                     flat_start[n_flat], flat_end[n_flat], flat_part[n_flat] = i, j, p
                     n_flat += 1
                 else:
-                    if second_d != far_d and far_d - second_d <= _NEAR * far_d:
-                        to_geos = True  # where GEOS splits hangs on the last bit
+                    if far_d - second_d <= _NEAR * far_d:
+                        # where GEOS splits hangs on the last bit; exact ties too: a GEOS
+                        # built with fused multiply-adds (ARM) may break them otherwise
+                        to_geos = True
                     stack[top, 0], stack[top, 1], stack[top, 2] = far, j, depth + 1
                     stack[top + 1, 0], stack[top + 1, 1], stack[top + 1, 2] = i, far, depth + 1
                     top += 2
