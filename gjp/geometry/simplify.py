@@ -300,15 +300,13 @@ def simplify_wkb(local: pa.Array | pa.ChunkedArray, tolerance: np.ndarray, walke
         return local
     out, out_offsets = _drop_vertices(data, offsets, walked.coord_pos, walked.part_offsets,
                                       walked.row_part_offsets, decision, keep)
-    kind = pa.binary() if out_offsets[-1] < 2**31 else pa.large_binary()
-    out_offsets = out_offsets.astype(np.int32 if kind == pa.binary() else np.int64)
-    result = pa.Array.from_buffers(kind, len(decision), [None, pa.py_buffer(out_offsets), pa.py_buffer(out)])
+    result = wkb.binary_array(out, out_offsets)
     rows = np.flatnonzero(decision == TO_GEOS)
     if len(rows) == 0:
         return result
     geoms = shapely.from_wkb(result.take(pa.array(rows)).to_numpy(zero_copy_only=False))
     simplified = shapely.to_wkb(shapely.simplify(geoms, tolerance[rows], preserve_topology=True))
-    return pc.replace_with_mask(result, pa.array(decision == TO_GEOS), pa.array(simplified, kind))
+    return pc.replace_with_mask(result, pa.array(decision == TO_GEOS), pa.array(simplified, result.type))
 
 
 def simplify_table(table: pa.Table, zoom: int, tolerance_m: float = DEFAULT_TOLERANCE_M) -> pa.Table:

@@ -131,10 +131,16 @@ def with_coords(column: pa.Array | pa.ChunkedArray, walked: Walk, coords: np.nda
     data, offsets = binary_buffers(column)
     out = data.copy()
     _put_coords(out, walked.coord_pos, walked.coord_big, np.ascontiguousarray(coords, dtype=np.float64))
+    return binary_array(out, offsets)
+
+
+def binary_array(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """The inverse of :func:`binary_buffers`: row r is ``data[offsets[r]:offsets[r+1]]``;
+    binary, or large_binary past 2 GiB."""
     start, end = offsets[0], offsets[-1]
     rebased = (offsets - start).astype(np.int32 if end - start < 2**31 else np.int64)
     kind = pa.binary() if rebased.dtype == np.int32 else pa.large_binary()
-    return pa.Array.from_buffers(kind, len(offsets) - 1, [None, pa.py_buffer(rebased), pa.py_buffer(out[start:end])])
+    return pa.Array.from_buffers(kind, len(offsets) - 1, [None, pa.py_buffer(rebased), pa.py_buffer(data[start:end])])
 
 
 # --------------------------------------------------------------------------- kernels
