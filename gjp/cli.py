@@ -7,6 +7,8 @@ starts fast.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -482,8 +484,8 @@ def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, seed, b
 @click.option("--head", type=click.Choice(["linear", "mlp"]), default="mlp", show_default=True)
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True, help="Runs; results are mean ± sd.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
-def probe_cmd(embeddings, task_dir, head, seeds, output, quiet):
+@common
+def probe_cmd(embeddings, task_dir, head, seeds, output, overwrite, quiet):
     """Train a linear or MLP head on frozen embeddings and score it on a task.
 
     Early stopping on the validation split, the best epoch restored, the test split scored
@@ -497,7 +499,8 @@ def probe_cmd(embeddings, task_dir, head, seeds, output, quiet):
     from gjp.evaluate.probe import ProbeConfig, probe
 
     reporter = _reporter(quiet)
-    path, r = probe(embeddings, task_dir, output, config=ProbeConfig(head=head, seeds=seeds), reporter=reporter)
+    path, r = probe(embeddings, task_dir, output, config=ProbeConfig(head=head, seeds=seeds),
+                    overwrite=overwrite, reporter=reporter)
     reporter.info(f"{r['model']} on {r['task']} ({head}): test MAE {r['test_mae_mean']:.4g} ± {r['test_mae_sd']:.2g} "
                   f"(dummy {r['dummy']['test_mae']:.4g}; n = {r['n']['train']}/{r['n']['val']}/{r['n']['test']})")
     click.echo(str(path))
@@ -519,7 +522,9 @@ def probe_cmd(embeddings, task_dir, head, seeds, output, quiet):
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="--eval: the results directory.")
 @click.option("--list", "list_tiles", is_flag=True, help="List the tiles of the embeddings and exit.")
-def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, categories, dataset, output, list_tiles):
+@click.option("--overwrite", is_flag=True, help="Replace an existing --html page or --eval result.")
+def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, categories, dataset, output, list_tiles,
+            overwrite):
     """Nearest neighbours of a tile (or an entity, or free text), as TSV: rank, tile, distance.
 
     Exact search (chunked matrix products), the query itself excluded. --eval measures
@@ -543,7 +548,7 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
         return
     if evaluate:
         path, r = knn.evaluate_retrieval(embeddings, dataset, k=k, metric=metric, categories=categories,
-                                         output_dir=output)
+                                         output_dir=output, overwrite=overwrite)
         for name, c in sorted(r["categories"].items()):
             click.echo(f"{name}\t{c['tiles']}\t{c['precision']:.3f}\t(chance {c['chance']:.3f})")
         click.echo(f"mean\t\t{r['precision_mean']:.3f}\t(chance {r['chance_mean']:.3f})")
@@ -551,6 +556,10 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
         return
     if (query is None) == (text is None):
         raise click.UsageError("give --query TILE or --text \"…\" (or --eval)")
+    if html_path is not None:
+        from gjp.io import check_output_free
+
+        check_output_free(html_path, overwrite)
     if text is not None:
         emb, hits = knn.query_text(embeddings, text, k, metric)
         rows = [(name, d) for name, d in hits]
@@ -566,7 +575,7 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
     if html_path is not None:
         source = dataset or Path(emb.attrs.get("dataset", "dataset.h5"))
         title = f"{emb.model}: neighbours of " + (query if query else repr(text))
-        knn.write_gallery(html_path, query or "(text)", rows, source, title)
+        knn.write_gallery(html_path, query or "(text)", rows, source, title, overwrite)
         click.echo(f"gallery: {html_path}", err=True)
 
 
@@ -620,8 +629,11 @@ def info_cmd(path, as_json):
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors (``gjp: error: …``), tracebacks only with ``--debug``."""
+    from gjp.io import Interrupted, raise_on_signals, reason
+
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    raise_on_signals()
     try:
         cli.main(args=args, prog_name="gjp", standalone_mode=False)
     except click.exceptions.Exit as exit_:
@@ -629,8 +641,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
+    except Interrupted as stop:
+        what = "terminated" if stop.signum == signal.SIGTERM else "interrupted"
+        click.echo(f"gjp: {what}; outputs left as they were", err=True)
+        sys.exit(128 + stop.signum)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("gjp: interrupted", err=True)
+        click.echo("gjp: interrupted; outputs left as they were", err=True)
         sys.exit(130)
     except GjpError as err:
         if debug:
@@ -640,6 +656,15 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as err:
         if debug:
             raise
-        where = f"{err.filename}: " if err.filename else ""
-        click.echo(f"gjp: error: {where}{err.strerror or err}", err=True)
+        where = f"{os.fsdecode(err.filename)}: " if err.filename else ""
+        click.echo(f"gjp: error: {where}{reason(err)}", err=True)
         sys.exit(1)
+    except MemoryError:
+        click.echo("gjp: error: out of memory (try a smaller --batch-size or fewer --workers)", err=True)
+        sys.exit(1)
+    except Exception as err:  # a bug: one line for users, the traceback with --debug
+        if debug:
+            raise
+        click.echo(f"gjp: internal error: {type(err).__name__}: {err} (rerun with --debug for the "
+                   "traceback, and please report it)", err=True)
+        sys.exit(2)

@@ -22,7 +22,7 @@ import numpy as np
 
 from gjp import __version__
 from gjp.errors import GjpError
-from gjp.io import atomic_file, command_line, open_hdf5
+from gjp.io import command_line, hdf5_output, open_hdf5
 
 FORMAT = "gjp-embeddings"
 FORMAT_VERSION = 1
@@ -48,11 +48,10 @@ class Embeddings:
 
 def write_embeddings(path: str | Path, names: list[str], vectors: np.ndarray, *, model: str, dataset: str,
                      task: str | None = None, params: dict | None = None, entity_offsets=None,
-                     entity_vectors=None, entity_osm_type=None, entity_osm_id=None) -> None:
-    import h5py
-
+                     entity_vectors=None, entity_osm_type=None, entity_osm_id=None,
+                     overwrite: bool = False) -> None:
     vectors = np.asarray(vectors, dtype=np.float32)
-    with atomic_file(path) as tmp, h5py.File(tmp, "w") as f:
+    with hdf5_output(path, overwrite) as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
                         "dim": int(vectors.shape[1]), "dataset": str(dataset), "task": task or "",
                         "params": json.dumps(params or {}, sort_keys=True), "gjp_version": __version__,

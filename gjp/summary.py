@@ -153,7 +153,7 @@ def summarize_images(directory: Path) -> dict:
 
 
 def summarize_dataset(path: Path) -> dict:
-    from gjp.dataset.pack import decode, open_dataset
+    from gjp.dataset.format import decode, open_dataset
 
     with open_dataset(path) as f:
         offsets = f["tiles/entity_offsets"][()]

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gjp import __version__
-from gjp.dataset.pack import UNKNOWN, read_vocabulary
+from gjp.dataset.format import UNKNOWN, read_vocabulary
 from gjp.errors import GjpError
 from gjp.io import atomic_file, command_line
 from gjp.ui import QUIET, Reporter
@@ -160,6 +160,6 @@ def embed_tags(dataset: str | Path = "dataset.h5", output: str | Path = "tag-emb
                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel(), pa.float32()),
                                                                    report.dim)})
     out = out.replace_schema_metadata({b"gjp": json.dumps(meta, sort_keys=True).encode()})
-    with atomic_file(output) as tmp:
+    with atomic_file(output, overwrite=True) as tmp:  # also a cache: updated in place
         pq.write_table(out, tmp, compression="zstd")
     return report

@@ -64,7 +64,7 @@ def west_oakland():
     return DATA / "us_ca_west_oakland_2016.osm.bz2"
 
 
-def build_graphs(pbf, root, min_entities=1):
+def _build_graphs(pbf, root, min_entities=1):
     """tile → simplify → bbox → visibility into ``root/graphs``."""
     from gjp.geometry.minbox import bbox
     from gjp.geometry.simplify import simplify
@@ -79,11 +79,18 @@ def build_graphs(pbf, root, min_entities=1):
 
 
 @pytest.fixture(scope="session")
+def build_graphs():
+    """``build_graphs(pbf, root, min_entities=1)``: tile → simplify → bbox → visibility into
+    ``root/graphs``; returns that directory."""
+    return _build_graphs
+
+
+@pytest.fixture(scope="session")
 def monaco_dataset(tmp_path_factory, monaco):
     """Monaco through the OSM steps and pack-h5: ``(root, graphs dir, dataset.h5)``."""
     from gjp.dataset.pack import pack_dataset
 
     root = tmp_path_factory.mktemp("monaco-dataset")
-    graphs = build_graphs(monaco, root)
+    graphs = _build_graphs(monaco, root)
     pack_dataset(graphs, root / "dataset.h5")
     return root, graphs, root / "dataset.h5"

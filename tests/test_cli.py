@@ -144,11 +144,8 @@ def test_outputs_are_byte_identical_across_runs_and_worker_counts(monaco, tmp_pa
         assert a.keys() == b.keys() == c.keys() and len(a) > 1
         for name in a:
             assert a[name].read_bytes() == b[name].read_bytes(), f"{step}/{name}"
-            # with other --workers only the recorded command line differs
-            ta, tc = pq.read_table(a[name]), pq.read_table(c[name])
-            assert ta.equals(tc)
-            meta_a, meta_c = ta.schema.metadata[b"gjp"], tc.schema.metadata[b"gjp"]
-            assert meta_a.replace(b"--workers 1", b"--workers 2") == meta_c
+            # --workers changes only the speed, so it is not recorded either
+            assert a[name].read_bytes() == c[name].read_bytes(), f"{step}/{name}"
 
 
 def test_bad_options_are_explained(tmp_path, boston):
@@ -164,9 +161,7 @@ def test_info(boston, tmp_path):
     assert_clean_error(gjp("info", tmp_path / "nope"), "no such file or directory")
 
 
-def test_dataset_steps_from_the_command_line(boston, tmp_path):
-    from conftest import build_graphs
-
+def test_dataset_steps_from_the_command_line(boston, tmp_path, build_graphs):
     build_graphs(boston, tmp_path)
     result = gjp("-q", "pack-h5", cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "dataset.h5"

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset, collate_tiles
-from gjp.dataset.pack import UNKNOWN, Vocabulary, decode, pack_dataset, read_vocabulary
+from gjp.dataset.format import UNKNOWN, Vocabulary, decode, read_vocabulary
+from gjp.dataset.pack import pack_dataset
 from gjp.errors import GjpError
 
 
@@ -94,9 +95,7 @@ def test_vocabulary_falls_back_to_key_star_and_unknown():
     assert vocab.counts[vocab.index["amenity=bench"]] == 5 and vocab.counts[vocab.index["name=*"]] == 2
 
 
-def test_reusing_a_vocabulary_maps_unseen_keys_to_unknown(monaco_dataset, boston, tmp_path):
-    from conftest import build_graphs
-
+def test_reusing_a_vocabulary_maps_unseen_keys_to_unknown(monaco_dataset, boston, tmp_path, build_graphs):
     _, _, monaco_path = monaco_dataset
     graphs = build_graphs(boston, tmp_path)
     report = pack_dataset(graphs, tmp_path / "boston.h5", vocabulary_from=monaco_path)

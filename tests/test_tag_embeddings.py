@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from gjp.dataset.pack import read_vocabulary
+from gjp.dataset.format import read_vocabulary
 from gjp.errors import GjpError
 from gjp.tag_embeddings import entry_text, load_model, read_tag_embeddings, embed_tags
 

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from gjp import grid
-from gjp.dataset.pack import decode, open_dataset, pack_dataset
+from gjp.dataset.format import decode, open_dataset
+from gjp.dataset.pack import pack_dataset
 from gjp.errors import GjpError
 from gjp.tasks.make import make_task
 from gjp.tasks.spec import BUILTIN, load_spec, parse_spec
@@ -28,7 +29,7 @@ def node(i, dx, dy, fx, fy, tags=""):
 
 
 @pytest.fixture
-def fixture_dataset(opl, tmp_path):
+def fixture_dataset(opl, tmp_path, build_graphs):
     """Four tiles with known labels:
     (0,0) 3 traffic signals, a signalled crossing, a 30 mph residential road;
     (1,0) a footbridge (bridge=yes on a footway) and a road without maxspeed;
@@ -44,8 +45,6 @@ def fixture_dataset(opl, tmp_path):
              "w30 v1 Thighway=primary,bridge=yes,maxspeed=DE:zone30 Nn21,n22",
              "r40 v1 Ttype=bridge,man_made=bridge,name=Big%20%Bridge Mw30@outer",
              node(31, 3, 0, .2, .5, "amenity=bench"), node(32, 3, 0, .5, .5, "amenity=bench")]
-    from conftest import build_graphs
-
     graphs = build_graphs(opl("\n".join(lines)), tmp_path)
     pack_dataset(graphs, tmp_path / "dataset.h5", min_tag_count=1)
     return tmp_path / "dataset.h5"

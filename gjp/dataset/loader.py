@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from gjp.dataset.pack import NAIP_MEAN, NAIP_STD, open_dataset
+from gjp.dataset.format import NAIP_MEAN, NAIP_STD, open_dataset
 
 #: Modality ids of the tokens a model builds from a batch (DESIGN §1).
 MODALITY_PAD, MODALITY_ENTITY, MODALITY_IMAGE = 0, 1, 2
@@ -39,7 +39,7 @@ class TileSample:
     geometry_offsets: np.ndarray
     visibility_edges: np.ndarray
     visibility_offsets: np.ndarray
-    image: np.ndarray | None = None   # [224, 224, 3] uint8
+    image: np.ndarray | None = None   # [S, S, 3] uint8 (S: the dataset's chip size)
     image_valid: np.ndarray | None = None
 
 
@@ -57,6 +57,14 @@ class TileDataset(Dataset):
         self.images = images
         self._file = None
         self._pid = None
+        self._datasets = {}
+
+    def __getstate__(self):
+        """Picklable at any time (spawn/forkserver workers): the open HDF5 handle stays
+        behind and each process opens its own on first use."""
+        state = self.__dict__.copy()
+        state.update(_file=None, _pid=None, _datasets={})
+        return state
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -153,14 +161,17 @@ def collate_tiles(samples: list[TileSample]) -> dict:
     """Pad a list of tiles into a batch.
 
     Returns a dict with ``tile_index [B]``, ``names``; per entity slot ``[B, E]``:
-    ``min_box [B,E,8]``, ``kind``, ``modality`` (0 = padding, 1 = entity),
+    ``min_box [B,E,8]``, ``kind`` (the entity kind code of :mod:`gjp.kinds` **plus one**, so
+    that 0 means padding and an ``nn.Embedding(len(KINDS) + 1, d, padding_idx=0)`` takes it
+    as it is), ``modality`` (0 = padding, 1 = entity),
     ``padding_mask`` (True = padding); tags for ``nn.EmbeddingBag``: ``tag_ids`` (flat)
     and ``tag_offsets`` (one per real entity, in batch order) with ``entity_batch`` /
     ``entity_slot`` giving each real entity's place in ``[B, E]``; the entity graphs as one
     torch-geometric ``Batch`` (``x`` node coordinates, ``edge_index`` both directions,
     ``edge_type`` 0 geometry / 1 visibility, ``batch`` = the entity of each node, indexing
-    the real entities); and, when the dataset has images, ``image [B,3,224,224]``
-    (normalised with the NAIP statistics), ``image_valid [B,224,224]`` and ``has_image [B]``.
+    the real entities); and, when the dataset has images, ``image [B,3,S,S]`` (S: the
+    dataset's chip size; normalised with the NAIP statistics), ``image_valid [B,S,S]`` and
+    ``has_image [B]``.
     """
     Batch = _graph_batch_class()
     b = len(samples)
@@ -209,8 +220,9 @@ def collate_tiles(samples: list[TileSample]) -> dict:
            "entity_batch": torch.from_numpy(entity_batch), "entity_slot": torch.from_numpy(entity_slot),
            "graph": graph}
     if any(s.image is not None for s in samples):
-        image = torch.zeros((b, 3, 224, 224))
-        valid = torch.zeros((b, 224, 224), dtype=torch.bool)
+        size = next(s.image.shape[0] for s in samples if s.image is not None)
+        image = torch.zeros((b, 3, size, size))
+        valid = torch.zeros((b, size, size), dtype=torch.bool)
         has = torch.zeros(b, dtype=torch.bool)
         mean = torch.tensor(NAIP_MEAN).view(3, 1, 1)
         std = torch.tensor(NAIP_STD).view(3, 1, 1)

@@ -1,10 +1,5 @@
 """``gjp pack-h5``: the graphs (and image chips) into ``dataset.h5``, the one file every
-model reads.
-
-Flat arrays with CSR offsets, never one HDF5 group per tile (which costs an object lookup
-per tile and per field): a tile's entities are ``entities/*[o[i]:o[i+1]]`` with
-``o = tiles/entity_offsets``, an entity's tag ids, graph nodes and edges likewise through
-their own offsets. The layout is in docs/FORMATS.md.
+model reads (its format: :mod:`gjp.dataset.format`).
 
 The tag vocabulary maps ``key=value`` strings to ids: a value seen fewer than
 ``min_tag_count`` times falls back to ``key=*``; a key the vocabulary does not know (when
@@ -14,27 +9,20 @@ reusing another dataset's vocabulary) maps to id 0, ``<unk>``.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gjp import __version__, grid
+from gjp.dataset.format import (DEFAULT_MIN_TAG_COUNT, FORMAT, FORMAT_VERSION, Vocabulary, encode_strings,
+                                read_vocabulary, write_dataset)
 from gjp.errors import GjpError
 from gjp.geoparquet import list_group_files, read_group_file
-from gjp.io import atomic_file, check_output_free, command_line, open_hdf5
-from gjp.osm.reader import KINDS, OSM_TYPES
+from gjp.io import check_output_free, command_line, json_metadata, parquet_schema, read_parquet
+from gjp.kinds import KINDS, OSM_TYPES
 from gjp.ui import QUIET, Reporter
 
-FORMAT = "gjp-dataset"
-FORMAT_VERSION = 1
-UNKNOWN = "<unk>"
-DEFAULT_MIN_TAG_COUNT = 5
-IMAGE_SIZE = 224
-#: NAIP RGB statistics (DESIGN §1), for normalising chips.
-NAIP_MEAN = (0.4692, 0.4768, 0.4254)
-NAIP_STD = (0.1064, 0.0799, 0.0815)
 _GRAPH_COLUMNS = ("tile", "group", "osm_type", "osm_id", "kind", "tags", "min_box", "min_box_width",
                   "min_box_height", "min_box_area", "min_box_angle", "vertices", "vertex_part",
                   "geometry_edges", "visibility_edges")
@@ -51,43 +39,6 @@ class PackReport:
     def summary(self) -> str:
         return (f"dataset: {self.tiles} tiles, {self.entities} entities, vocabulary of {self.vocabulary} tags"
                 f" ({self.unknown_tags} tags unknown to it), {self.images} tiles with an image")
-
-
-# --------------------------------------------------------------------------- vocabulary
-
-class Vocabulary:
-    """``key=value`` → id, with the ``key=*`` fallback and ``<unk>`` = 0."""
-
-    def __init__(self, entries: list[str], counts: list[int] | None = None):
-        if not entries or entries[0] != UNKNOWN:
-            raise ValueError("a vocabulary starts with <unk>")
-        self.entries = list(entries)
-        self.counts = list(counts) if counts is not None else [0] * len(entries)
-        self.index = {e: i for i, e in enumerate(self.entries)}
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @classmethod
-    def build(cls, tag_lists, min_count: int = DEFAULT_MIN_TAG_COUNT) -> "Vocabulary":
-        """From an iterable of ``[(key, value), …]`` (one list per entity)."""
-        pairs: Counter = Counter()
-        for tags in tag_lists:
-            pairs.update(f"{k}={v}" for k, v in tags)
-        kept: Counter = Counter()
-        for pair, n in pairs.items():
-            if n >= min_count:
-                kept[pair] += n
-            else:
-                kept[pair.split("=", 1)[0] + "=*"] += n
-        ordered = sorted(kept.items(), key=lambda kv: (-kv[1], kv[0]))
-        return cls([UNKNOWN] + [e for e, _ in ordered], [0] + [n for _, n in ordered])
-
-    def lookup(self, key: str, value: str) -> int:
-        i = self.index.get(f"{key}={value}")
-        if i is None:
-            i = self.index.get(f"{key}=*", 0)
-        return i
 
 
 # --------------------------------------------------------------------------- packing
@@ -121,14 +72,29 @@ def _empty_graph_table():
     return schema.empty_table()
 
 
-def _image_tiles(images_dir: Path) -> tuple[list[str], int]:
-    import pyarrow.parquet as pq
+@dataclass
+class _ImageIndex:
+    """``images/index.parquet`` from ``gjp tile RASTER…``: which tiles have a chip."""
 
+    directory: Path
+    tiles: list[str]
+    zoom: int
+    size: int
+
+
+def _read_image_index(images_dir: Path) -> _ImageIndex:
     index = images_dir / "index.parquet"
     if not index.exists():
         raise GjpError(f"{images_dir}: no index.parquet (make it with `gjp tile RASTER… -o {images_dir}`)")
-    meta = json.loads((pq.read_schema(index).metadata or {}).get(b"gjp", b"{}"))
-    return sorted(pq.read_table(index, columns=["tile"]).column("tile").to_pylist()), int(meta.get("zoom", 16))
+    meta = json_metadata((parquet_schema(index, "image index").metadata or {}).get(b"gjp"), index, "image index")
+    if meta.get("format") != "gjp-images":
+        raise GjpError(f"{index}: not a gjp image index")
+    try:
+        zoom, size = int(meta["zoom"]), int(meta["size"])
+    except (KeyError, TypeError, ValueError):
+        raise GjpError(f"{index}: damaged image index metadata (no zoom or size)") from None
+    table = read_parquet(index, "image index", columns=["tile"])
+    return _ImageIndex(images_dir, sorted(table.column("tile").to_pylist()), zoom, size)
 
 
 def pack_dataset(graphs_dir: str | Path | None = "graphs", output: str | Path = "dataset.h5", *,
@@ -144,10 +110,16 @@ def pack_dataset(graphs_dir: str | Path | None = "graphs", output: str | Path = 
     if graphs_dir is None:
         if images_dir is None:
             raise GjpError("nothing to pack: give the graphs (-i graphs/) and/or --images images/")
-        chip_tiles, zoom = _image_tiles(Path(images_dir))
+        image_index = _read_image_index(Path(images_dir))
+        chip_tiles, zoom = image_index.tiles, image_index.zoom
         table, steps = _empty_graph_table(), []
     else:
         table, zoom, steps = _read_graphs(Path(graphs_dir), reporter)
+        if images_dir is not None:
+            image_index = _read_image_index(Path(images_dir))
+            if image_index.zoom != zoom:
+                raise GjpError(f"{images_dir}: chips of zoom-{image_index.zoom} tiles, but the graphs are "
+                               f"zoom {zoom} (cut the rasters again with `gjp tile RASTER… --zoom {zoom}`)")
     tags = [list(t) for t in table.column("tags").to_pylist()]
     if vocabulary_from is not None:
         vocab = read_vocabulary(vocabulary_from)
@@ -170,7 +142,7 @@ def pack_dataset(graphs_dir: str | Path | None = "graphs", output: str | Path = 
     groups = np.array([grid.group_name(z, x, y) for z, x, y in zxy], dtype=object)
 
     arrays = {
-        "tiles/name": _strings(names), "tiles/zxy": zxy, "tiles/group": _strings(groups),
+        "tiles/name": encode_strings(names), "tiles/zxy": zxy, "tiles/group": encode_strings(groups),
         "tiles/entity_offsets": entity_offsets,
         **_entity_arrays(table, tags, vocab),
         **_graph_arrays(table),
@@ -179,7 +151,7 @@ def pack_dataset(graphs_dir: str | Path | None = "graphs", output: str | Path = 
                         unknown_tags=int((arrays["entities/tag_ids"] == 0).sum()))
     images = None
     if images_dir is not None:
-        images = _find_images(Path(images_dir), list(names))
+        images = _Images(image_index, list(names))
         report.images = int(images.has.sum())
     attrs = {"format": FORMAT, "format_version": FORMAT_VERSION, "zoom": zoom, "gjp_version": __version__,
              "command": command_line(), "min_tag_count": min_tag_count,
@@ -188,14 +160,8 @@ def pack_dataset(graphs_dir: str | Path | None = "graphs", output: str | Path = 
                                    "min_tag_count": min_tag_count,
                                    "vocabulary_from": str(vocabulary_from) if vocabulary_from else None}),
              "source_steps": json.dumps(steps)}
-    write_dataset(output, arrays, vocab, attrs, images, reporter)
+    write_dataset(output, arrays, vocab, attrs, images, reporter, overwrite)
     return report
-
-
-def _strings(values) -> np.ndarray:
-    """UTF-8 strings as a fixed-width byte array (fast to read; no vlen heap)."""
-    encoded = [str(v).encode() for v in values]
-    return np.array(encoded, dtype=f"S{max((len(e) for e in encoded), default=1) or 1}")
 
 
 def _entity_arrays(table, tags, vocab: Vocabulary) -> dict[str, np.ndarray]:
@@ -223,8 +189,8 @@ def _entity_arrays(table, tags, vocab: Vocabulary) -> dict[str, np.ndarray]:
         "entities/tag_ids": tag_ids,
         "entities/tag_key_ids": key_ids,
         "entities/tag_value_ids": value_ids,
-        "strings/keys": _strings(keys),
-        "strings/values": _strings(values),
+        "strings/keys": encode_strings(keys),
+        "strings/values": encode_strings(values),
     }
 
 
@@ -266,93 +232,24 @@ def _graph_arrays(table) -> dict[str, np.ndarray]:
     }
 
 
-@dataclass
 class _Images:
     """The chips to pack: which tiles have one, and how to read it (streamed into the file
     one chip at a time, so memory does not grow with the dataset)."""
 
-    directory: Path
-    names: list[str]
-    has: np.ndarray
+    def __init__(self, index: _ImageIndex, names: list[str]):
+        available = set(index.tiles)
+        self.directory, self.size, self.names = index.directory, index.size, names
+        self.has = np.array([n in available for n in names], dtype=bool)
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(self.directory / f"{self.names[i]}.png") as im:
-            rgba = np.asarray(im.convert("RGBA"))
+        path = self.directory / f"{self.names[i]}.png"
+        try:
+            with Image.open(path) as im:
+                rgba = np.asarray(im.convert("RGBA"))
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise GjpError(f"{path}: not a readable image chip ({err})") from None
+        if rgba.shape[:2] != (self.size, self.size):
+            raise GjpError(f"{path}: {rgba.shape[1]}×{rgba.shape[0]} px, but the index says {self.size} px chips")
         return rgba[:, :, :3], rgba[:, :, 3] > 0
-
-
-def _find_images(images_dir: Path, names: list[str]) -> _Images:
-    import pyarrow.parquet as pq
-
-    index_path = images_dir / "index.parquet"
-    if not index_path.exists():
-        raise GjpError(f"{images_dir}: no index.parquet (make it with `gjp tile RASTER… -o {images_dir}`)")
-    meta = json.loads((pq.read_schema(index_path).metadata or {}).get(b"gjp", b"{}"))
-    if meta.get("format") != "gjp-images":
-        raise GjpError(f"{index_path}: not a gjp image index")
-    if int(meta.get("size", IMAGE_SIZE)) != IMAGE_SIZE:
-        raise GjpError(f"{images_dir}: chips are {meta.get('size')} px; the dataset stores {IMAGE_SIZE} px chips")
-    available = set(pq.read_table(index_path, columns=["tile"]).column("tile").to_pylist())
-    return _Images(images_dir, names, np.array([n in available for n in names], dtype=bool))
-
-
-def write_dataset(output: Path, arrays: dict[str, np.ndarray], vocab: Vocabulary, attrs: dict,
-                  images: "_Images | None" = None, reporter: Reporter = QUIET) -> None:
-    """Write a dataset file atomically (a temporary name, renamed when complete)."""
-    import h5py
-
-    with atomic_file(output) as tmp, h5py.File(tmp, "w", track_order=True) as f:
-        for key, value in attrs.items():
-            f.attrs[key] = value
-        for name, data in arrays.items():
-            _put(f, name, data)
-        f["vocab/tags"] = _strings(vocab.entries)
-        f["vocab/counts"] = np.asarray(vocab.counts, dtype=np.int64)
-        f["entities/kind"].attrs["names"] = json.dumps(list(KINDS))
-        f["entities/osm_type"].attrs["names"] = json.dumps(list(OSM_TYPES))
-        f["entities/min_box_shape"].attrs["columns"] = json.dumps(["width", "height", "area", "angle"])
-        if images is not None:
-            n = len(images.has)
-            pixels = f.create_dataset("images/pixels", shape=(n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8,
-                                      chunks=(1, IMAGE_SIZE, IMAGE_SIZE, 3), compression="lzf")
-            valid = f.create_dataset("images/valid", shape=(n, IMAGE_SIZE, IMAGE_SIZE), dtype=bool,
-                                     chunks=(1, IMAGE_SIZE, IMAGE_SIZE), compression="lzf")
-            for i in reporter.progress(np.flatnonzero(images.has), desc="packing images", unit=" chip"):
-                pixels[i], valid[i] = images.read(int(i))
-            f["images/has_image"] = images.has
-            f["images"].attrs["mean"] = NAIP_MEAN
-            f["images"].attrs["std"] = NAIP_STD
-
-
-def _put(f, name: str, data: np.ndarray) -> None:
-    # ~16 KiB chunks: a tile's slice is a few hundred bytes, and every read decompresses
-    # whole chunks, so small chunks keep random access cheap while still compressing
-    if len(data) == 0:
-        f.create_dataset(name, data=data)
-        return
-    rows = max(1, min(len(data), 16384 // max(1, data.dtype.itemsize * int(np.prod(data.shape[1:])))))
-    f.create_dataset(name, data=data, chunks=(rows, *data.shape[1:]), compression="lzf", shuffle=True)
-
-
-# --------------------------------------------------------------------------- reading
-
-def open_dataset(path: str | Path, require_images: bool = False):
-    """Open a dataset file read-only, checking its format; clear errors otherwise."""
-    f = open_hdf5(path, FORMAT, FORMAT_VERSION, "dataset", "gjp pack-h5")
-    if require_images and "images" not in f:
-        f.close()
-        raise GjpError(f"{path}: has no images (pack it with `gjp pack-h5 --images images/`)")
-    return f
-
-
-def decode(strings: np.ndarray) -> list[str]:
-    return [b.decode() for b in strings]
-
-
-def read_vocabulary(path: str | Path) -> Vocabulary:
-    with open_dataset(path) as f:
-        entries = [b.decode() for b in f["vocab/tags"][()]]
-        counts = f["vocab/counts"][()].tolist()
-    return Vocabulary(entries, counts)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gjp.dataset.pack import Vocabulary, open_dataset, write_dataset
+from gjp.dataset.format import Vocabulary, open_dataset, write_dataset
 from gjp.io import command_line
 from gjp.ui import QUIET, Reporter
 
@@ -35,6 +35,7 @@ class _SourceImages:
 
     def __init__(self, f, tiles: np.ndarray):
         self.pixels, self.valid = f["images/pixels"], f["images/valid"]
+        self.size = self.pixels.shape[1]
         self.rows = tiles
         self.has = f["images/has_image"][()][tiles]
 

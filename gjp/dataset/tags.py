@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gjp.dataset.pack import decode, open_dataset
+from gjp.dataset.format import decode, open_dataset
 
 
 class RawTags:

@@ -21,7 +21,7 @@ import numpy as np
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
-from gjp.io import command_line, write_json
+from gjp.io import check_output_free, command_line, write_json, write_text
 
 METRICS = ("cosine", "euclidean")
 #: Distance-matrix entries per chunk (256 MiB of float32): rows per chunk = this / queries.
@@ -149,7 +149,7 @@ def query_tiles(embeddings: str | Path, query: str, k: int = 8, metric: str = "c
 
 def query_entities(embeddings: str | Path, query: str, k: int = 8, metric: str = "cosine"):
     """``query`` is ``TILE:N`` (the N-th entity of a tile, from 0) or ``node|way|relation/ID``."""
-    from gjp.osm.reader import OSM_TYPES
+    from gjp.kinds import OSM_TYPES
 
     emb = read_embeddings(embeddings, entities=True)
     tile_of = np.repeat(np.arange(len(emb.names)), np.diff(emb.entity_offsets))
@@ -227,10 +227,12 @@ def tile_categories(dataset: str | Path, names: list[str], categories: dict[str,
 
 def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None, *, k: int = 8,
                        metric: str = "cosine", categories: str | Path | None = None,
-                       output_dir: str | Path = "results") -> tuple[Path, dict]:
+                       output_dir: str | Path = "results", overwrite: bool = False) -> tuple[Path, dict]:
     """Precision@k that a tile's neighbours share its category, averaged over every tile
     of each category with at least k + 1 tiles; written to ``results/MODEL__knn.json``."""
     emb = read_embeddings(embeddings)
+    path = Path(output_dir) / f"{emb.model}__knn.json"
+    check_output_free(path, overwrite)
     dataset = Path(dataset or emb.attrs.get("dataset", "dataset.h5"))
     members = tile_categories(dataset, emb.names, load_categories(categories))
     per_category, skipped = {}, {}
@@ -250,21 +252,21 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
               "precision_mean": float(np.mean([c["precision"] for c in per_category.values()])),
               "chance_mean": float(np.mean([c["chance"] for c in per_category.values()])),
               "gjp_version": __version__, "command": command_line()}
-    path = Path(output_dir) / f"{emb.model}__knn.json"
-    write_json(path, result)
+    write_json(path, result, overwrite)
     return path, result
 
 
 # --------------------------------------------------------------------------- gallery
 
 def write_gallery(path: str | Path, query: str, neighbours: list[tuple[str, float]], dataset: str | Path,
-                  title: str) -> Path:
+                  title: str, overwrite: bool = False) -> Path:
     """A self-contained HTML page: the query tile and its neighbours, each with its image
     chip when the dataset has one, its geometry drawn as SVG, its most frequent tags and
     its distance."""
-    from gjp.dataset.pack import decode, open_dataset
+    from gjp.dataset.format import decode, open_dataset
 
     path = Path(path)
+    check_output_free(path, overwrite)
     with open_dataset(dataset) as f:
         names = decode(f["tiles/name"][()])
         where = {n: i for i, n in enumerate(names)}
@@ -277,8 +279,7 @@ def write_gallery(path: str | Path, query: str, neighbours: list[tuple[str, floa
             ".q{border:2px solid #c33}</style></head><body>"
             f"<h2>{html.escape(title)}</h2><div class='grid'>{''.join(cards)}</div>"
             f"<p style='color:#888'>gjp {__version__}</p></body></html>")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    write_text(path, page, overwrite)
     return path
 
 

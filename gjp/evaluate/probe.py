@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
-from gjp.io import command_line, write_json
+from gjp.io import check_output_free, command_line, write_json
 from gjp.ui import QUIET, Reporter
 
 HEADS = ("linear", "mlp")
@@ -123,7 +123,8 @@ def metrics(pred: np.ndarray, truth: np.ndarray, binary: bool) -> dict:
 
 
 def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path = "results", *,
-          config: ProbeConfig | None = None, reporter: Reporter = QUIET) -> tuple[Path, dict]:
+          config: ProbeConfig | None = None, overwrite: bool = False,
+          reporter: Reporter = QUIET) -> tuple[Path, dict]:
     """Run the probe over ``config.seeds`` seeds and write ``results/MODEL__TASK__HEAD.json``."""
 
     config = config or ProbeConfig()
@@ -132,6 +133,9 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
     started = time.perf_counter()
     emb = read_embeddings(embeddings)
     splits, info = load_task(task_dir)
+    task_name = info["task"] + ("-masked" if info["masked"] else "")
+    path = Path(output_dir) / f"{emb.model}__{task_name}__{config.head}.json"
+    check_output_free(path, overwrite)
     where = emb.index()
     x, y, n_missing = {}, {}, 0
     for name, (tiles, labels) in splits.items():
@@ -163,7 +167,7 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
             summary[f"{split}_{key}_mean"] = float(values.mean())
             summary[f"{split}_{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     result = {
-        "model": emb.model, "embeddings": str(embeddings), "task": info["task"] + ("-masked" if info["masked"] else ""),
+        "model": emb.model, "embeddings": str(embeddings), "task": task_name,
         "task_dir": str(task_dir), "head": config.head, "seeds": list(range(config.seeds)),
         "config": config.__dict__, "binary": binary,
         "n": {k: int(len(v)) for k, v in y.items()}, "missing_embeddings": n_missing,
@@ -172,6 +176,5 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
         **summary, "runs": runs, "seconds": round(time.perf_counter() - started, 3),
         "gjp_version": __version__, "command": command_line(),
     }
-    path = Path(output_dir) / f"{emb.model}__{result['task']}__{config.head}.json"
-    write_json(path, result)
+    write_json(path, result, overwrite)
     return path, result

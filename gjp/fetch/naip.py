@@ -174,7 +174,7 @@ def fetch_naip(out_dir: str | Path = "raw/naip", *, bbox=None, tiles_dir=None, s
             result = _clip(href, dest, item, tile_bounds or [tuple(bbox)], overwrite)
         else:
             result = download(href, dest, http=http, retries=retries, reporter=reporter)
-        write_json(out_dir / f"{item.id}.json", item.to_dict())
+        write_json(out_dir / f"{item.id}.json", item.to_dict(), overwrite=True)
         return result
 
     bar = reporter.progress(total=len(kept), desc="NAIP images", unit=" image")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gjp.dataset.pack import NAIP_MEAN, NAIP_STD, decode, open_dataset
+from gjp.dataset.format import NAIP_MEAN, NAIP_STD, decode, open_dataset
 from gjp.errors import GjpError
 from gjp.ui import QUIET, Reporter
 

@@ -58,5 +58,5 @@ def embed(model: str, dataset: str | Path = "dataset.h5", output: str | Path | N
     write_embeddings(output, result.names, result.vectors, model=model, dataset=str(dataset), task=task_name,
                      params=result.params, entity_offsets=result.entity_offsets,
                      entity_vectors=result.entity_vectors, entity_osm_type=result.entity_osm_type,
-                     entity_osm_id=result.entity_osm_id)
+                     entity_osm_id=result.entity_osm_id, overwrite=overwrite)
     return EmbedStepReport(len(result.names), int(result.vectors.shape[1]), result.skipped, output)

@@ -22,14 +22,11 @@ import numpy as np
 import osmium
 import shapely
 
+from gjp.kinds import COLLECTION, KINDS, LINE, MULTIPOLYGON, NODE, POINT, POLYGON, RELATION, WAY
 from gjp.osm.areas import is_area
 from gjp.tagfilter import TagFilter
 from gjp.ui import QUIET, Reporter
 
-OSM_TYPES = ("node", "way", "relation")
-NODE, WAY, RELATION = range(3)
-KINDS = ("point", "line", "polygon", "multipolygon", "relation")
-POINT, LINE, POLYGON, MULTIPOLYGON, COLLECTION = range(5)
 AREA_RELATION_TYPES = frozenset({"multipolygon", "boundary"})
 NODE_INDEX_TYPES = ("flex_mem", "sparse_mem_array", "dense_mem_array", "sparse_file_array",
                     "dense_file_array", "sparse_mmap_array", "dense_mmap_array", "sparse_mem_map")

@@ -29,7 +29,8 @@ from gjp.errors import GjpError
 from gjp.geoparquet import BASE_SCHEMA, BBOX_FIELDS, FORMAT, FORMAT_VERSION, write_group_file
 from gjp.io import atomic_directory, provenance
 from gjp.parallel import map_jobs
-from gjp.osm.reader import COLLECTION, KINDS, NODE_INDEX_TYPES, OSM_TYPES, Entities, ReadReport, read_osm
+from gjp.kinds import COLLECTION, KINDS, OSM_TYPES
+from gjp.osm.reader import NODE_INDEX_TYPES, Entities, ReadReport, read_osm
 from gjp.sniff import OSM_FORMATS, sniff
 from gjp.tagfilter import TagFilter
 from gjp.ui import QUIET, Reporter

@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gjp import __version__
-from gjp.dataset.pack import read_vocabulary
+from gjp.dataset.format import read_vocabulary
 from gjp.dataset.tags import RawTags
 from gjp.errors import GjpError
-from gjp.io import atomic_directory, atomic_file, command_line
-from gjp.osm.reader import KINDS
+from gjp.io import atomic_directory, atomic_file, check_output_free, command_line
+from gjp.kinds import KINDS
 from gjp.tasks.spec import TaskSpec
 from gjp.tasks.speed import parse_number, parse_speed
 from gjp.ui import QUIET, Reporter
@@ -114,23 +114,29 @@ def tile_labels(spec: TaskSpec, tags: RawTags) -> tuple[np.ndarray, np.ndarray, 
 
 # --------------------------------------------------------------------------- splits
 
-def load_or_make_splits(path: Path, groups: list[str], seed: int) -> dict[str, str]:
+def load_or_make_splits(path: Path, groups: list[str], seed: int) -> tuple[dict[str, str], bool]:
     """Group → split, from ``path`` when it exists (groups it lacks are added by a seeded
-    hash), else a seeded 80/10/10 permutation of the groups, saved to ``path``."""
+    hash), else a seeded 80/10/10 permutation of the groups; and whether ``path`` must be
+    (re)written with :func:`write_splits` (the caller does so once its own output is safe)."""
     existing: dict[str, str] = {}
     if path.exists():
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != ["group", "split"]:
-                raise GjpError(f"{path}: expected the columns group,split")
-            for row in reader:
-                if row["split"] not in SPLITS:
-                    raise GjpError(f"{path}: unknown split {row['split']!r} for group {row['group']}")
-                existing[row["group"]] = row["split"]
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != ["group", "split"]:
+                    raise GjpError(f"{path}: expected the columns group,split")
+                for row in reader:
+                    if row["split"] not in SPLITS:
+                        raise GjpError(f"{path}: unknown split {row['split']!r} for group {row['group']}")
+                    existing[row["group"]] = row["split"]
+        except UnicodeDecodeError as err:
+            raise GjpError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        except csv.Error as err:
+            raise GjpError(f"{path}: not a CSV file ({err})") from None
     unique = sorted(set(groups))
     missing = [g for g in unique if g not in existing]
     if not missing:
-        return existing
+        return existing, False
     if not existing:
         order = np.random.default_rng(seed).permutation(len(unique))
         n_train = int(round(FRACTIONS[0] * len(unique)))
@@ -144,12 +150,16 @@ def load_or_make_splits(path: Path, groups: list[str], seed: int) -> dict[str, s
         for g in missing:
             u = _unit(seed, "split", g)
             existing[g] = "train" if u < FRACTIONS[0] else "val" if u < FRACTIONS[0] + FRACTIONS[1] else "test"
-    with atomic_file(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    return existing, True
+
+
+def write_splits(path: Path, split_of: dict[str, str]) -> None:
+    """The group → split table, replacing the one it extends."""
+    with atomic_file(path, overwrite=True) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["group", "split"])
-        for g in sorted(existing):
-            writer.writerow([g, existing[g]])
-    return existing
+        for g in sorted(split_of):
+            writer.writerow([g, split_of[g]])
 
 
 def _unit(seed: int, purpose: str, name: str) -> float:
@@ -183,7 +193,8 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     report.kept = int(keep.sum())
     if report.kept == 0:
         raise GjpError(f"{dataset}: task {spec.name}: no tile gets a label (nothing matches?)")
-    split_of = load_or_make_splits(splits, tags.groups, seed)
+    check_output_free(output, overwrite, directory=True)
+    split_of, splits_changed = load_or_make_splits(splits, tags.groups, seed)
     kept = np.flatnonzero(keep)
     rows = {"tile": [tags.tile_names[i] for i in kept], "group": [tags.groups[i] for i in kept],
             "label": labels[kept], "split": [split_of[tags.groups[i]] for i in kept]}
@@ -191,19 +202,38 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     task_info = {"task": spec.name, "masked": masked, "rule": spec.rule, "clamp": list(spec.clamp),
                  "seed": seed, "gjp_version": __version__, "command": command_line(),
                  "source_dataset": str(dataset.resolve()), "splits": str(splits)}
-    with atomic_directory(output, overwrite) as staging:
-        pq.write_table(pa.table(rows, schema=LABELS_SCHEMA), staging / "labels.parquet")
-        if masked:
-            masked_counts = write_masked_dataset(spec, dataset, staging / "dataset.h5", kept, tags, reporter)
-            report.masked_tags, report.dropped_entities = masked_counts
-            stats["masked"] = {"tags_removed": report.masked_tags, "entities_dropped": report.dropped_entities}
-            task_info["dataset"] = "dataset.h5"
-        else:
-            task_info["dataset"] = os.path.relpath(dataset.resolve(), output.resolve().parent / output.name)
-        (staging / "spec.toml").write_text(spec.source, encoding="utf-8")
-        (staging / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
-        (staging / "task.json").write_text(json.dumps(task_info, indent=2, sort_keys=True), encoding="utf-8")
+    previous_splits = splits.read_bytes() if splits_changed and splits.exists() else None
+    splits_written = False
+    try:
+        with atomic_directory(output, overwrite) as staging:
+            pq.write_table(pa.table(rows, schema=LABELS_SCHEMA), staging / "labels.parquet")
+            if masked:
+                masked_counts = write_masked_dataset(spec, dataset, staging / "dataset.h5", kept, tags, reporter)
+                report.masked_tags, report.dropped_entities = masked_counts
+                stats["masked"] = {"tags_removed": report.masked_tags, "entities_dropped": report.dropped_entities}
+                task_info["dataset"] = "dataset.h5"
+            else:
+                task_info["dataset"] = os.path.relpath(dataset.resolve(), output.resolve().parent / output.name)
+            (staging / "spec.toml").write_text(spec.source, encoding="utf-8")
+            (staging / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
+            (staging / "task.json").write_text(json.dumps(task_info, indent=2, sort_keys=True), encoding="utf-8")
+            if splits_changed:  # the shared table last, and undone below if publishing fails
+                write_splits(splits, split_of)
+                splits_written = True
+    except BaseException:
+        if splits_written:
+            _restore(splits, previous_splits)
+        raise
     return report
+
+
+def _restore(path: Path, content: bytes | None) -> None:
+    """Put a file back as it was (``None``: absent)."""
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        with atomic_file(path, overwrite=True) as tmp:
+            tmp.write_bytes(content)
 
 
 def task_stats(spec: TaskSpec, rows: dict, report: TaskReport, masked: bool, seed: int) -> dict:

@@ -36,7 +36,7 @@ from importlib import resources
 from pathlib import Path
 
 from gjp.errors import GjpError
-from gjp.osm.reader import KINDS
+from gjp.kinds import KINDS
 
 RULES = ("count", "any", "max")
 PARSERS = ("number", "speed")
