@@ -5,7 +5,9 @@ paging by GET and POST)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,16 +17,23 @@ from urllib.parse import parse_qs, urlparse
 class Server:
     """``Server(root)``: serves files under ``root``; ``faults[path]`` is a list of
     behaviours used up one per request: ``"500"``, ``"404"``, ``"drop:N"`` (send N bytes of
-    the body, then cut the connection), ``"norange"`` (ignore Range). ``stac_items`` turns
-    on the STAC API."""
+    the body, then cut the connection), ``"norange"`` (ignore Range), ``"ignore-if-range"``
+    (honour Range even when If-Range does not match, as some servers do), ``"html"`` (status
+    200 with a large HTML error page instead of the file; ``sent[path]`` counts the bytes
+    the client took before it hung up). Files carry a strong ETag (from their content) and a
+    fixed Last-Modified, and Range honours If-Range; ``headers_off`` names validators
+    (``"ETag"``, ``"Last-Modified"``) to leave out. ``stac_items`` turns on the STAC API."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.faults: dict[str, list[str]] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.stac_items: list[dict] | None = None
+        self.headers_off: set[str] = set()
+        self.sent: dict[str, int] = {}
+        self.html_size = 32 << 20  # far more than a client should read to spot it
         self.page_size = 2
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -39,6 +48,13 @@ class Server:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        # a client that hangs up early (as gjp does on a wrong body) is no server error
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler(server: Server):
@@ -83,12 +99,19 @@ def _handler(server: Server):
                 if path == "/search":
                     query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
                     return self._json(_search_page(server, query, post=False))
+            if fault == "html":
+                return self._html_page(path, head)
             file = server.root / path.lstrip("/")
             if not file.is_file():
                 return self._status(404)
             data = file.read_bytes()
+            validators = {"ETag": f'"{hashlib.md5(data).hexdigest()[:16]}"', "Last-Modified": LAST_MODIFIED}
+            validators = {k: v for k, v in validators.items() if k not in server.headers_off}
             start = 0
             rng = self.headers.get("Range")
+            if_range = self.headers.get("If-Range")
+            if if_range is not None and if_range not in validators.values() and fault != "ignore-if-range":
+                rng = None  # the client's copy is of another version: send the whole file
             if rng and fault != "norange":
                 start = int(rng.split("=")[1].split("-")[0])
                 end = rng.split("=")[1].split("-")[1]
@@ -97,6 +120,8 @@ def _handler(server: Server):
                     self.send_response(416)
                     self.send_header("Content-Range", f"bytes */{len(data)}")
                     self.send_header("Content-Length", "0")
+                    for k, v in validators.items():
+                        self.send_header(k, v)
                     self.end_headers()
                     return
                 body = data[start:stop]
@@ -107,7 +132,8 @@ def _handler(server: Server):
                 self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Last-Modified", "Tue, 01 Dec 2026 00:00:00 GMT")
+            for k, v in validators.items():
+                self.send_header(k, v)
             self.end_headers()
             if head:
                 return
@@ -118,6 +144,24 @@ def _handler(server: Server):
                 self.connection.shutdown(2)
                 return
             self.wfile.write(body)
+
+        def _html_page(self, path: str, head: bool):
+            page = b"<!DOCTYPE html>\n<html><head><title>Service unavailable</title></head><body>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(server.html_size))
+            self.end_headers()
+            if head:
+                return
+            body = page + b" " * (server.html_size - len(page))
+            sent = 0
+            try:
+                for i in range(0, len(body), 1 << 16):
+                    self.wfile.write(body[i:i + (1 << 16)])
+                    sent += len(body[i:i + (1 << 16)])
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+            server.sent[path] = sent
 
         def _status(self, code: int):
             self.send_response(code)
@@ -134,6 +178,8 @@ def _handler(server: Server):
 
     return Handler
 
+
+LAST_MODIFIED = "Tue, 01 Dec 2026 00:00:00 GMT"
 
 _CONFORMANCE = [
     "https://api.stacspec.org/v1.0.0/core",

@@ -1,10 +1,13 @@
 """`gjp fetch` against local servers: Geofabrik downloads and a STAC API for NAIP."""
 
+import email.utils
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
+import types
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -12,7 +15,8 @@ import pytest
 import rasterio
 from rasterio.warp import transform_bounds
 
-from gjp import grid
+from gjp import grid, net
+from gjp.cli import main
 from gjp.errors import GjpError
 from gjp.fetch import naip
 from gjp.fetch.geofabrik import fetch_osm, find_region
@@ -20,7 +24,7 @@ from gjp.fetch.naip import fetch_naip, quarter_quad
 from gjp.imagery.chips import tile_rasters
 from gjp.osm.tiling import tile_osm
 from rasters import utm_naip
-from servers import Server
+from servers import LAST_MODIFIED, Server
 
 MONACO_PATH = "/europe/monaco-latest.osm.pbf"
 
@@ -105,7 +109,7 @@ def test_checksum_mismatch_leaves_nothing(geofabrik, tmp_path):
     out = tmp_path / "raw"
     with pytest.raises(GjpError, match="checksum mismatch"):
         fetch_osm("monaco", out, index_url=geofabrik.index_url)
-    assert sorted(os.listdir(out)) == ["geofabrik-index.json"]
+    assert not out.exists()  # nothing kept, not even the index: a failed run changes nothing
 
 
 def test_server_error_then_success_is_retried(geofabrik, tmp_path):
@@ -130,6 +134,253 @@ def test_fetch_by_url_and_the_cli(geofabrik, tmp_path):
                           "--index-url", geofabrik.index_url], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.startswith("gjp: error: unknown Geofabrik region 'monacco'")
     assert "monaco" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------- failures leave the directory as it was
+
+SERVER_DATE = email.utils.parsedate_to_datetime(LAST_MODIFIED).timestamp()  # the test server's Last-Modified
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(net, "time", types.SimpleNamespace(sleep=lambda s: None))
+
+
+def gjp_fetch(capsys, *args):
+    """``gjp fetch osm -q ARGS`` in-process, as the console script runs it: (exit code, stdout, stderr)."""
+    try:
+        main(["fetch", "osm", "-q", *map(str, args)])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(root):
+    """Every file under ``root`` with its bytes, and each directory's sorted listing."""
+    if not root.exists():
+        return None
+    return ({str(p.relative_to(root)): sorted(os.listdir(p)) for p in [root, *root.rglob("*")] if p.is_dir()},
+            {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()})
+
+
+def assert_one_line_error(result, *phrases):
+    code, out, err = result
+    assert code == 1 and out == "" and "Traceback" not in err, err
+    assert err.startswith("gjp: error: ") and err.count("\n") == 1, err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
+
+
+def test_a_stale_part_is_restarted_not_trusted(geofabrik, tmp_path, capsys):
+    (geofabrik.root / (MONACO_PATH.lstrip("/") + ".md5")).unlink()  # nothing to catch a bad part afterwards
+    url, size = geofabrik.url + MONACO_PATH, len(geofabrik.data)
+    junk = np.random.default_rng(1).bytes(size)
+    cases = {  # a .part of random bytes, and what its state says
+        "no state": (junk[:100_000], None, []),
+        "state of another url": (junk[:100_000], {"url": url + "x", "etag": '"a"', "size": size}, []),
+        "no validators": (junk[:100_000], {"url": url, "etag": None, "last_modified": None, "size": size}, []),
+        "changed on the server": (junk[:100_000], {"url": url, "etag": '"old"', "size": size}, []),
+        "If-Range ignored": (junk[:100_000], {"url": url, "etag": '"old"', "size": size}, ["ignore-if-range"]),
+        "longer than the file": (junk + b"x", {"url": url, "etag": '"old"', "size": size}, []),
+        "complete but stale": (junk, {"url": url, "etag": '"old"', "size": size}, ["ignore-if-range"]),
+    }
+    for case, (part, state, faults) in cases.items():
+        out = tmp_path / case / "raw"
+        out.mkdir(parents=True)
+        (out / "monaco.osm.pbf.part").write_bytes(part)
+        if state is not None:
+            (out / "monaco.osm.pbf.part.json").write_text(json.dumps(state))
+        geofabrik.faults[MONACO_PATH] = list(faults)
+        code, _, err = gjp_fetch(capsys, "monaco", "-o", out, "--index-url", geofabrik.index_url)
+        assert code == 0 and err == "", (case, err)
+        assert (out / "monaco.osm.pbf").read_bytes() == geofabrik.data, case
+        assert sorted(os.listdir(out)) == ["geofabrik-index.json", "monaco.osm.pbf"], case
+        assert pbf_gets(geofabrik)[-1][2] is None, case  # the last request started from zero
+        # and the next run finds it up to date from the server's size and date: no GET
+        gets = len(pbf_gets(geofabrik))
+        assert fetch_osm("monaco", out, index_url=geofabrik.index_url).skipped, case
+        assert len(pbf_gets(geofabrik)) == gets, case
+
+
+@pytest.mark.parametrize("case, bytes_, mtime, off, skipped", [
+    ("the server's file, size and date", "data", SERVER_DATE, (), True),
+    ("random bytes of the right size and date", "junk", SERVER_DATE, (), False),
+    ("an HTML page of the right size and date", "html", SERVER_DATE, (), False),
+    ("another date", "data", SERVER_DATE - 3600, (), False),
+    ("a shorter file", "short", SERVER_DATE, (), False),
+    ("server without Last-Modified", "data", SERVER_DATE, ("Last-Modified",), False),
+])
+def test_up_to_date_only_when_the_validators_say_so(geofabrik, tmp_path, case, bytes_, mtime, off, skipped):
+    (geofabrik.root / (MONACO_PATH.lstrip("/") + ".md5")).unlink()
+    geofabrik.headers_off = set(off)
+    data = geofabrik.data
+    content = {"data": data, "junk": np.random.default_rng(2).bytes(len(data)), "short": data[:-1],
+               "html": (b"<!DOCTYPE html><html>" + b" " * len(data))[:len(data)]}[bytes_]
+    out = tmp_path / "raw"
+    out.mkdir()
+    (out / "monaco.osm.pbf").write_bytes(content)
+    os.utime(out / "monaco.osm.pbf", (mtime, mtime))
+    result = fetch_osm("monaco", out, index_url=geofabrik.index_url)
+    assert result.skipped == skipped and result.path.read_bytes() == data
+    assert len(pbf_gets(geofabrik)) == (0 if skipped else 1)
+
+
+def test_an_md5_that_is_not_a_checksum_is_ignored(geofabrik, tmp_path):
+    (geofabrik.root / (MONACO_PATH.lstrip("/") + ".md5")).write_text("<!DOCTYPE html><html>not found</html>")
+    result = fetch_osm("monaco", tmp_path / "raw", index_url=geofabrik.index_url)
+    assert result.path.read_bytes() == geofabrik.data
+
+
+def test_a_dropped_download_resumes_or_leaves_nothing(geofabrik, tmp_path, capsys, no_backoff):
+    """With validators the .part (and its state) stays and the next run resumes it; without,
+    nothing is kept and the directory is as it was."""
+    (geofabrik.root / (MONACO_PATH.lstrip("/") + ".md5")).unlink()
+    url = geofabrik.url + MONACO_PATH
+    work = tmp_path / "work"
+    out = work / "raw"
+    assert gjp_fetch(capsys, "--list", "-o", out, "--index-url", geofabrik.index_url)[0] == 0  # caches the index
+    before = snapshot(work)
+
+    geofabrik.faults[MONACO_PATH] = ["drop:100000"] * 6
+    assert_one_line_error(gjp_fetch(capsys, "monaco", "-o", out, "--index-url", geofabrik.index_url),
+                          url, "after 6 attempts", "monaco.osm.pbf.part kept, run again to resume")
+    assert sorted(os.listdir(out)) == ["geofabrik-index.json", "monaco.osm.pbf.part", "monaco.osm.pbf.part.json"]
+    kept = (out / "monaco.osm.pbf.part").stat().st_size
+    assert gjp_fetch(capsys, "monaco", "-o", out, "--index-url", geofabrik.index_url)[0] == 0
+    assert pbf_gets(geofabrik)[-1][2] == f"bytes={kept}-"  # resumed
+    assert (out / "monaco.osm.pbf").read_bytes() == geofabrik.data
+    (out / "monaco.osm.pbf").unlink()
+
+    geofabrik.headers_off = {"ETag", "Last-Modified"}
+    geofabrik.faults[MONACO_PATH] = ["drop:100000"] * 6
+    assert_one_line_error(gjp_fetch(capsys, "monaco", "-o", out, "--index-url", geofabrik.index_url),
+                          url, "no ETag or Last-Modified", "nothing kept")
+    assert snapshot(work) == before
+    assert all(r[2] is None for r in pbf_gets(geofabrik)[-6:])  # never resumed without a validator
+
+
+BAD_INDEXES = {
+    "an HTML page": ("<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "got an HTML page, not JSON"),
+    "truncated JSON": ('{"type": "FeatureCollection", "features": [{"type": "Feat', "invalid JSON: Unterminated string starting at: line 1"),
+    "no features": ('{"type": "FeatureCollection"}', "no 'features' list"),
+    "features not a list": ('{"features": {"monaco": {}}}', "no 'features' list"),
+    "no regions": ('{"features": []}', "no region with a .osm.pbf URL"),
+    "a feature without an id": ('{"features": [{"properties": {"name": "x"}}]}', "feature 0 has no properties.id"),
+    "a non-http URL": ('{"features": [{"properties": {"id": "monaco", "urls": {"pbf": "file:///etc/passwd"}}}]}',
+                       "region 'monaco': urls.pbf is not an http(s) URL"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INDEXES)
+def test_a_bad_index_is_an_error_and_not_cached(geofabrik, tmp_path, capsys, case):
+    body, problem = BAD_INDEXES[case]
+    index = geofabrik.root / "index-v1-nogeom.json"
+    good = index.read_text()
+    index.write_text(body)
+    work = tmp_path / "work"
+    (work / "raw").mkdir(parents=True)
+    (work / "raw" / "notes.txt").write_text("mine\n")
+    before = snapshot(work)
+    assert_one_line_error(gjp_fetch(capsys, "monaco", "-o", work / "raw", "--index-url", geofabrik.index_url),
+                          f"{geofabrik.index_url}: not a Geofabrik index ({problem}")
+    assert snapshot(work) == before
+    # once the server is fixed the next run works: the bad index was not cached
+    index.write_text(good)
+    assert gjp_fetch(capsys, "monaco", "-o", work / "raw", "--index-url", geofabrik.index_url)[0] == 0
+    assert (work / "raw" / "geofabrik-index.json").read_text() == good
+
+
+def test_a_cached_index_that_does_not_parse_is_fetched_again(geofabrik, tmp_path, capsys):
+    out = tmp_path / "raw"
+    out.mkdir()
+    cache = out / "geofabrik-index.json"
+    cache.write_text('{"features": [')  # fresh, but broken
+    assert fetch_osm("monaco", out, index_url=geofabrik.index_url).path.read_bytes() == geofabrik.data
+    assert cache.read_text() == (geofabrik.root / "index-v1-nogeom.json").read_text()
+    # a broken cache and a broken server: an error about the server, the cache left alone
+    cache.write_text('{"features": [')
+    (out / "monaco.osm.pbf").unlink()
+    (geofabrik.root / "index-v1-nogeom.json").write_text("<html>maintenance</html>")
+    before = snapshot(out)
+    assert_one_line_error(gjp_fetch(capsys, "monaco", "-o", out, "--index-url", geofabrik.index_url),
+                          geofabrik.index_url, "got an HTML page")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("region_id", ["../../x", "..", ".hidden", "a\\b", "x\x1b[2Jy", "new\nline"])
+def test_region_ids_must_be_plain_file_names(geofabrik, tmp_path, capsys, region_id):
+    index = geofabrik.root / "index-v1-nogeom.json"
+    features = json.loads(index.read_text())["features"]
+    features.append({"type": "Feature", "properties": {"id": region_id, "urls": {"pbf": geofabrik.url + MONACO_PATH}}})
+    index.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    work = tmp_path / "work"
+    out = work / "a" / "raw"
+    out.mkdir(parents=True)
+    before = snapshot(work)
+    assert_one_line_error(gjp_fetch(capsys, region_id, "-o", out, "--index-url", geofabrik.index_url),
+                          f"{geofabrik.index_url}: region id {region_id!r} is not a plain file name")
+    assert snapshot(work) == before and pbf_gets(geofabrik) == []
+
+
+@pytest.mark.parametrize("path, name", [
+    ("/%2E%2E%2F%2E%2E%2Fx.osm.pbf", "../../x.osm.pbf"),
+    ("/europe/%2E%2E", ".."),
+    ("/europe/.monaco.osm.pbf", ".monaco.osm.pbf"),
+    ("/europe/a%5Cb.osm.pbf", "a\\b.osm.pbf"),
+    ("/europe/a%0Ab.osm.pbf", "a\nb.osm.pbf"),
+])
+def test_names_from_urls_must_be_plain_file_names(geofabrik, tmp_path, capsys, path, name):
+    work = tmp_path / "work"
+    out = work / "a" / "raw"
+    out.mkdir(parents=True)
+    before = snapshot(work)
+    assert_one_line_error(gjp_fetch(capsys, geofabrik.url + path, "-o", out),
+                          f"{geofabrik.url + path}: the file name {name!r} is not a plain file name")
+    assert snapshot(work) == before and geofabrik.requests == []
+
+
+WRONG_CONTENT = [  # (served as, body, the message)
+    ("/x.osm.pbf", b"", "got an empty response, not an OSM PBF"),
+    ("/x.osm.pbf", b"Access denied\n", "got text ('Access denied'), not an OSM PBF"),
+    ("/x.osm.pbf", b"<?xml version='1.0'?>\n<osm version='0.6'></osm>\n", "got OSM XML, not an OSM PBF"),
+    ("/x.osm.pbf", bytes(range(256)), "got unrecognised binary data (0001020304050607…), not an OSM PBF"),
+    ("/x.osm", b'{"error": "rate limited"}', "got JSON, not OSM XML"),
+    ("/x.osm", b"<?xml version='1.0'?><html><body>Not here</body></html>", "got an HTML page, not OSM XML"),
+    ("/x.osm.bz2", "monaco", "got an OSM PBF, not a bzip2-compressed OSM file"),
+    ("/x.pbf", b"BZh91AY&SY", "got a bzip2 file, not an OSM PBF"),
+]
+
+
+@pytest.mark.parametrize("path, body, problem", WRONG_CONTENT)
+def test_the_wrong_content_is_not_kept(geofabrik, tmp_path, capsys, path, body, problem):
+    (geofabrik.root / path.lstrip("/")).write_bytes(geofabrik.data if body == "monaco" else body)
+    work = tmp_path / "work"
+    (work / "raw").mkdir(parents=True)
+    (work / "raw" / "notes.txt").write_text("mine\n")
+    before = snapshot(work)
+    assert_one_line_error(gjp_fetch(capsys, geofabrik.url + path, "-o", work / "raw"),
+                          f"{geofabrik.url + path}: {problem}; nothing saved")
+    assert snapshot(work) == before
+
+
+def test_an_html_page_is_spotted_on_its_first_bytes(geofabrik, tmp_path, capsys, boston):
+    """Status 200 and a 32 MB HTML page where the extract should be: an error after the first
+    bytes, and an older extract in the directory stays as it was."""
+    out = tmp_path / "raw"
+    assert gjp_fetch(capsys, "--list", "-o", out, "--index-url", geofabrik.index_url)[0] == 0
+    (out / "monaco.osm.pbf").write_bytes(boston.read_bytes())  # an older extract (its MD5 differs)
+    before = snapshot(out)
+    geofabrik.faults[MONACO_PATH] = ["html"]
+    assert_one_line_error(gjp_fetch(capsys, "monaco", "-o", out, "--index-url", geofabrik.index_url),
+                          f"{geofabrik.url + MONACO_PATH}: got an HTML page, not an OSM PBF; nothing saved")
+    assert snapshot(out) == before
+    for _ in range(100):  # the server notices the hang-up when its next write fails
+        if MONACO_PATH in geofabrik.sent:
+            break
+        time.sleep(0.05)
+    assert geofabrik.sent[MONACO_PATH] < geofabrik.html_size / 4
 
 
 # --------------------------------------------------------------------------- NAIP

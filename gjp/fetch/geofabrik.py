@@ -1,22 +1,26 @@
 """``gjp fetch osm``: OSM extracts from Geofabrik's download server, by region name.
 
 Regions come from Geofabrik's published JSON index (every extract with its id, parent and
-download URLs), cached in the workspace for a week. A region is named by its id
-(``monaco``, ``california``), by its path (``us/california``,
-``north-america/us/california``) or by its display name (``"Baden-Württemberg"``).
+download URLs), cached in the workspace for a week once it has parsed (a cached copy that
+does not parse is fetched again). A region is named by its id (``monaco``,
+``california``), by its path (``us/california``, ``north-america/us/california``) or by its
+display name (``"Baden-Württemberg"``). What is downloaded must look like the OSM format
+its name promises (checked on the first bytes and again before it is kept), and its name
+must be a plain file name inside the output directory.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
 
 from gjp.errors import GjpError
-from gjp.net import Download, download, fetch_text, session
+from gjp.net import Check, Download, download, fetch_text, session
 from gjp.ui import QUIET, Reporter
 
 INDEX_URL = "https://download.geofabrik.de/index-v1-nogeom.json"
@@ -38,27 +42,65 @@ class Region:
 
 
 def load_index(index_url: str = INDEX_URL, cache: Path | None = None, refresh: bool = False) -> list[Region]:
-    """Geofabrik's regions, from ``cache`` when it is fresh, else from ``index_url``."""
-    text = None
+    """Geofabrik's regions, from ``cache`` when it is fresh and parses, else from
+    ``index_url``; a fetched index is cached only once it has parsed."""
+    regions, fetched = _read_index(index_url, cache, refresh)
+    if fetched is not None:
+        _cache_index(cache, fetched)
+    return regions
+
+
+def _read_index(index_url: str, cache: Path | None, refresh: bool) -> tuple[list[Region], str | None]:
+    """The regions, and the index text when it was fetched (for the caller to cache)."""
     if cache is not None and cache.exists() and not refresh and time.time() - cache.stat().st_mtime < INDEX_MAX_AGE_S:
-        text = cache.read_text(encoding="utf-8")
-    if text is None:
-        text = fetch_text(index_url)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + ".part")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(cache)
+        try:
+            return parse_index(cache.read_text(encoding="utf-8"), str(cache)), None
+        except (GjpError, OSError, UnicodeDecodeError):
+            pass  # a damaged cache is no reason to fail: fetch the index again
+    text = fetch_text(index_url)
+    return parse_index(text, index_url), text
+
+
+def _cache_index(cache: Path | None, text: str) -> None:
+    if cache is None:
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(cache)
+
+
+def parse_index(text: str, source: str) -> list[Region]:
+    """The regions of a Geofabrik index, or an error naming ``source`` and what is wrong."""
+    def bad(problem: str) -> GjpError:
+        return GjpError(f"{source}: not a Geofabrik index ({problem})")
+
     try:
-        features = json.loads(text)["features"]
-        regions = []
-        for feature in features:
-            props = feature["properties"]
-            pbf = props.get("urls", {}).get("pbf")
-            if pbf:
-                regions.append(Region(props["id"], props.get("name", props["id"]), props.get("parent"), pbf))
-    except (ValueError, KeyError, TypeError) as err:
-        raise GjpError(f"{index_url}: not a Geofabrik index ({err})") from err
+        data = json.loads(text)
+    except ValueError as err:
+        got = describe(text[:64].encode())
+        if got == "JSON":  # e.g. cut short by a dropped connection
+            raise bad(f"invalid JSON: {err}") from None
+        raise bad(f"got {got}, not JSON") from None
+    features = data.get("features") if isinstance(data, dict) else None
+    if not isinstance(features, list):
+        raise bad("no 'features' list")
+    regions = []
+    for i, feature in enumerate(features):
+        props = feature.get("properties") if isinstance(feature, dict) else None
+        if not isinstance(props, dict) or not isinstance(props.get("id"), str) or not props["id"]:
+            raise bad(f"feature {i} has no properties.id")
+        urls = props.get("urls", {})
+        pbf = urls.get("pbf") if isinstance(urls, dict) else None
+        if pbf is None:
+            continue  # a grouping without an extract of its own
+        if not isinstance(pbf, str) or urlparse(pbf).scheme not in ("http", "https"):
+            raise bad(f"region {props['id']!r}: urls.pbf is not an http(s) URL")
+        name = props.get("name")
+        regions.append(Region(props["id"], name if isinstance(name, str) else props["id"],
+                              props.get("parent") if isinstance(props.get("parent"), str) else None, pbf))
+    if not regions:
+        raise bad("no region with a .osm.pbf URL")
     return regions
 
 
@@ -93,17 +135,96 @@ def _ancestors(region: Region, by_id: dict[str, Region]) -> list[str]:
 def fetch_osm(target: str, out_dir: str | Path = "raw", *, index_url: str = INDEX_URL,
               refresh_index: bool = False, retries: int = 5, reporter: Reporter = QUIET) -> Download:
     """Download a Geofabrik region (by name) or any URL of an OSM file into ``out_dir``,
-    verified against the ``.md5`` published beside it when there is one."""
+    verified against the ``.md5`` published beside it when there is one. On failure
+    ``out_dir`` is left as it was, but for a ``.part`` that a rerun resumes."""
     out_dir = Path(out_dir)
     http = session()
+    fetched = None
     if "://" in target:
         url = target
-        name = Path(urlparse(url).path).name or "download.osm.pbf"
+        name = unquote(PurePosixPath(urlparse(url).path).name) or "download.osm.pbf"
+        check_file_name(name, f"{url}: the file name")
     else:
-        regions = load_index(index_url, out_dir / "geofabrik-index.json", refresh_index)
+        regions, fetched = _read_index(index_url, out_dir / "geofabrik-index.json", refresh_index)
         region = find_region(regions, target)
         url, name = region.pbf, f"{region.id}.osm.pbf"
+        check_file_name(region.id, f"{index_url}: region id")
     md5_text = fetch_text(url + ".md5", http=http, missing_ok=True, retries=retries)
     md5 = md5_text.split()[0] if md5_text and md5_text.split() else None
+    if md5 is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", md5):
+        md5 = None  # e.g. an HTML page served for a missing .md5: not a checksum to check against
     reporter.info(f"{url} -> {out_dir / name}" + ("" if md5 else " (no .md5 published: not verified)"))
-    return download(url, out_dir / name, md5=md5, http=http, retries=retries, reporter=reporter)
+    result = download(url, out_dir / name, md5=md5, http=http, retries=retries, reporter=reporter,
+                      check=osm_check(name))
+    if fetched is not None:  # cached only now, so that a failed run changes nothing
+        _cache_index(out_dir / "geofabrik-index.json", fetched)
+    return result
+
+
+def check_file_name(name: str, what: str) -> None:
+    """Refuse a name that is not a plain file name: it would write outside the output
+    directory (``../x``, ``a/b``, an absolute path), hide (``.x``) or garble a terminal."""
+    if (not name or "/" in name or "\\" in name or ".." in name or name.startswith(".")
+            or any(ord(c) < 32 or ord(c) == 127 for c in name) or len(name.encode()) > 240):
+        raise GjpError(f"{what} {name!r} is not a plain file name (no path separators, '..', leading dot or "
+                       "control characters); nothing downloaded")
+
+
+# What each file name promises, by suffix (longest first), and how the bytes are named in messages.
+_SUFFIXES = ((".osm.pbf", "pbf"), (".osm.bz2", "bz2"), (".osm.gz", "gz"), (".pbf", "pbf"), (".osm", "xml"))
+_KIND_NAMES = {"pbf": "an OSM PBF", "xml": "OSM XML", "bz2": "a bzip2 file", "gz": "a gzip file"}
+_WANTED = {"pbf": "an OSM PBF", "xml": "OSM XML", "bz2": "a bzip2-compressed OSM file",
+           "gz": "a gzip-compressed OSM file", None: "an OSM file"}
+
+
+def osm_check(name: str) -> Check:
+    """The content check for a download named ``name``: its first bytes must be the OSM
+    format the suffix promises (any OSM format for another suffix)."""
+    wanted = next((kind for suffix, kind in _SUFFIXES if name.lower().endswith(suffix)), None)
+
+    def check(head: bytes, content_type: str | None) -> str | None:
+        kind = osm_kind(head)
+        if kind is not None and (wanted is None or kind == wanted):
+            return None
+        return f"got {describe(head, content_type)}, not {_WANTED[wanted]}"
+
+    return check
+
+
+def osm_kind(head: bytes) -> str | None:
+    """``"pbf"``, ``"xml"``, ``"bz2"``, ``"gz"`` from a file's first bytes, or ``None``."""
+    # PBF: a 4-byte big-endian BlobHeader length (at most 64 KiB), then the BlobHeader,
+    # whose field 1 (tag 0x0A, length 9) is the type "OSMHeader"
+    if (len(head) >= 15 and 0 < int.from_bytes(head[:4], "big") <= 64 * 1024
+            and head[4:6] == b"\x0a\x09" and head[6:15] == b"OSMHeader"):
+        return "pbf"
+    if head[:3] == b"BZh" and head[3:4].isdigit():
+        return "bz2"
+    if head[:2] == b"\x1f\x8b":
+        return "gz"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if (text.startswith(b"<?xml") and b"<html" not in text.lower()) or text.startswith(b"<osm"):
+        return "xml"
+    return None
+
+
+def describe(head: bytes, content_type: str | None = None) -> str:
+    """What a body that starts with ``head`` looks like, for an error message."""
+    if not head:
+        return "an empty response"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text \
+            or (content_type or "").lower().startswith(("text/html", "application/xhtml")):
+        return "an HTML page"
+    kind = osm_kind(head)
+    if kind is not None:
+        return _KIND_NAMES[kind]
+    if text[:1] in (b"{", b"["):
+        return "JSON"
+    if text.startswith(b"<"):
+        return "XML"
+    if head[:4] == b"PK\x03\x04":
+        return "a ZIP archive"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return f"text ({head[:40].decode().strip()!r})"
+    return f"unrecognised binary data ({head[:8].hex()}…)"
