@@ -101,6 +101,49 @@ def test_a_ring_whose_start_vertex_can_go_is_left_to_geos():
     assert (ours(ring, 0.01) == geos(ring, 0.01)).all()
 
 
+def next_up(x):
+    return np.nextafter(x, np.inf)
+
+
+@pytest.mark.parametrize("tolerance", [0.25, 0.25 * (1 + 5e-13), 0.25 * (1 - 5e-13)])
+def test_a_vertex_at_the_tolerance_is_left_to_geos(tolerance):
+    # GEOS flattens when the furthest distance is ≤ the tolerance. Here it is 0.25
+    # exactly: one rounding step either way in GEOS' distance (a GEOS built with fused
+    # multiply-adds, as on ARM) flips the outcome, so plan_rows must not decide the row
+    # (the first near-tie guard).
+    line = np.array([wkt.loads("LINESTRING (0 0, 0.5 0.25, 1 0)")], dtype=object)
+    assert decisions(line, tolerance).tolist() == [TO_GEOS]
+    assert (ours(line, tolerance) == geos(line, tolerance)).all()
+    # the flip itself: 1 ulp further from the chord and GEOS keeps the vertex
+    assert shapely.from_wkb(geos(line, 0.25)[0]).wkt == "LINESTRING (0 0, 1 0)"
+    bumped = np.array([shapely.LineString([(0, 0), (0.5, next_up(0.25)), (1, 0)])], dtype=object)
+    assert len(shapely.get_coordinates(shapely.from_wkb(geos(bumped, 0.25)[0]))) == 3
+    # clear of the tie, numba decides
+    assert decisions(line, 0.2).tolist() == [UNCHANGED]
+    assert decisions(line, 0.3).tolist() == [SIMPLIFIED]
+
+
+@pytest.mark.parametrize("second_y", [1.0, 1.0 - 2e-16, 1.0 + 4e-16])
+def test_two_vertices_tied_for_furthest_are_left_to_geos(second_y):
+    # 1,1 and 2,1 (or 2,y within 1e-12 of it) are equally far from the chord 0,0 – 3,0.
+    # GEOS splits at the first strictly furthest: at 1,1, whereupon 2,1 goes (its distance
+    # to 1,1 – 3,0 is 0.45), and splitting at 2,1 would keep 2,1 and drop 1,1 instead. A
+    # GEOS rounding one step differently can split at either, so plan_rows must not
+    # decide the row (the second near-tie guard).
+    line = np.array([shapely.LineString([(0, 0), (1, 1), (2, second_y), (3, 0)])], dtype=object)
+    assert decisions(line, 0.5).tolist() == [TO_GEOS]
+    assert (ours(line, 0.5) == geos(line, 0.5)).all()
+    # the flip itself: 2,1 a step further out, and GEOS keeps it instead of 1,1
+    exact = np.array([wkt.loads("LINESTRING (0 0, 1 1, 2 1, 3 0)")], dtype=object)
+    assert shapely.from_wkb(geos(exact, 0.5)[0]).wkt == "LINESTRING (0 0, 1 1, 3 0)"
+    bumped = np.array([shapely.LineString([(0, 0), (1, 1), (2, next_up(1.0)), (3, 0)])], dtype=object)
+    assert shapely.get_coordinates(shapely.from_wkb(geos(bumped, 0.5)[0]))[1].tolist() == [2.0, next_up(1.0)]
+    # clear of the tie, numba decides
+    apart = np.array([wkt.loads("LINESTRING (0 0, 1 1, 2 0.9, 3 0)")], dtype=object)
+    assert decisions(apart, 0.5).tolist() == [SIMPLIFIED]
+    assert (ours(apart, 0.5) == geos(apart, 0.5)).all()
+
+
 def test_untouched_geometries_keep_their_bytes():
     shapes = np.array([wkt.loads(w) for w in [
         "POINT (1 2)", "MULTIPOINT ((1 2), (3 4))", "LINESTRING (0 0, 1 1)",

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import pyarrow as pa
 
 from gjp.errors import GjpError
 from gjp.geometry import wkb
 from gjp.geometry.frame import dictionary_codes, metres_to_units, tile_xy
+from gjp.jit import njit
 from gjp.stages import StageReport, add_columns, run_stage
 from gjp.ui import QUIET, Reporter
 
@@ -37,7 +37,7 @@ DEFAULT_MIN_SIDE_M = 1.5
 _OSM_TYPE_CODE = {"node": 0, "way": 1, "relation": 2}
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def min_area_rectangles(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Per entity (hull vertices ``coords[offsets[e]:offsets[e+1]]``, no repeated closing
     vertex): centre x, centre y, width, height, angle of the width side (radians, any
@@ -94,7 +94,7 @@ def unit_hash(seed: int, osm_type: np.ndarray, osm_id: np.ndarray) -> np.ndarray
     return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _hulls(coords: np.ndarray, offsets: np.ndarray):
     """Convex hulls (Andrew's monotone chain) of point sets ``coords[offsets[e]:offsets[e+1]]``,
     each sorted by x then y: counter-clockwise from the lowest-x point, collinear points
@@ -134,7 +134,7 @@ def _hulls(coords: np.ndarray, offsets: np.ndarray):
     return out[:filled].copy(), out_offsets
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _sort_by_x_then_y(coords: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Each point set ``coords[offsets[e]:offsets[e+1]]`` sorted by x, then y (one
     sort per set is far cheaper than a global three-key sort of every coordinate)."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +38,7 @@ import shapely
 from gjp.errors import GjpError
 from gjp.geometry import wkb
 from gjp.geometry.frame import local_coords, metres_to_units, tile_xy
+from gjp.jit import njit
 from gjp.stages import StageReport, add_columns, run_stage
 from gjp.ui import QUIET, Reporter
 
@@ -50,11 +50,13 @@ DEFAULT_TOLERANCE_M = 0.3
 UNCHANGED, SIMPLIFIED, TO_GEOS = 0, 1, 2
 #: Past this many segment pair tests in one row, GEOS' spatial index is the better deal.
 _MAX_PAIR_TESTS = 4_000_000
-#: Decisions closer than this (relative) to a tie are left to GEOS.
+#: Decisions closer than this (relative) to a tie are left to GEOS: one rounding step in
+#: GEOS' arithmetic (a GEOS built with fused multiply-adds, as on ARM) would break them the
+#: other way, and with them the output (tests/test_simplify.py: one test per guard).
 _NEAR = 1e-12
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _distance(px, py, ax, ay, bx, by):
     """Point–segment distance, with GEOS' formula and order of operations (the furthest
     vertex and the tolerance test must come out as GEOS' do)."""
@@ -70,7 +72,7 @@ def _distance(px, py, ax, ay, bx, by):
     return abs(s) * np.sqrt(length2)
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _turn(ax, ay, bx, by, cx, cy):
     """+1 / −1 for a left / right turn a→b→c, 0 when round-off could decide it (a wide
     margin over the exact-sign bound of the floating-point determinant)."""
@@ -84,7 +86,7 @@ def _turn(ax, ay, bx, by, cx, cy):
     return 0
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _may_meet_badly(ax, ay, bx, by, cx, cy, dx, dy):
     """Whether segments ab and cd might meet anywhere but at one shared end point, the
     one contact GEOS' topology check allows. Errs towards yes."""
@@ -115,7 +117,7 @@ def _may_meet_badly(ax, ay, bx, by, cx, cy, dx, dy):
     return a_side == 0 or b_side == 0 or a_side != b_side
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(nogil=True, error_model="numpy")
 def plan_rows(coords, part_offsets, part_kind, row_part_offsets, flags, tolerance):
     """Douglas–Peucker on every line and ring, deciding per row whether the result is
     provably what GEOS' topology-preserving simplifier returns (see the module doc).
@@ -247,7 +249,7 @@ def plan_rows(coords, part_offsets, part_kind, row_part_offsets, flags, toleranc
     return decision, keep
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _drop_vertices(data, offsets, coord_pos, part_offsets, row_part_offsets, decision, keep):
     """The column's bytes with the removed vertices of SIMPLIFIED rows cut out and their
     lines' and rings' point counts lowered (little-endian 2D rows, as planned)."""

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
 import pyarrow as pa
 
 from gjp.errors import GjpError
 from gjp.geometry import wkb
+from gjp.jit import njit
 from gjp.stages import StageReport, add_columns, run_stage
 from gjp.ui import QUIET, Reporter
 
@@ -52,7 +52,7 @@ def entity_graphs(geoms):
     return _graphs(walked.coords, walked.part_offsets, walked.part_kind, walked.row_part_offsets)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _graphs(coords, part_offsets, part_kind, row_part_offsets):
     """:func:`entity_graphs` from a walk: a ring's repeated closing vertex is dropped;
     edges join consecutive vertices of a part, and close rings of ≥ 3 vertices (last →
@@ -87,7 +87,7 @@ def _graphs(coords, part_offsets, part_kind, row_part_offsets):
 
 # --------------------------------------------------------------------------- the kernel
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _parallel(rx, ry, sx, sy, length):
     """Whether directions r (of length ``length``) and s are parallel: |r × s| ≤ 1e-12·|r|·|s|,
     compared squared."""
@@ -95,7 +95,7 @@ def _parallel(rx, ry, sx, sy, length):
     return cross * cross <= 1e-24 * (length * length) * (sx * sx + sy * sy)
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps):
     """For cd parallel to ab (= a + r): whether cd lies on ab's line and overlaps ab
     farther than eps from both a and b."""
@@ -110,7 +110,7 @@ def _overlaps_along(ax, ay, rx, ry, cx, cy, dx, dy, length, eps):
     return lo < hi
 
 
-@numba.njit(cache=True, inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy")
 def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
     """Whether edge cd meets segment ab at a point farther than eps from both a and b."""
     rx, ry = bx - ax, by - ay
@@ -134,7 +134,7 @@ def _blocks(ax, ay, bx, by, cx, cy, dx, dy, length, eps):
     return t * length > eps and (1.0 - t) * length > eps
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(nogil=True, error_model="numpy")
 def _sort_pairs(keys, m):
     """Sort ``keys[:m]`` in place (insertion sort: entities have few pairs)."""
     if m > 64:
@@ -149,7 +149,7 @@ def _sort_pairs(keys, m):
         keys[j + 1] = key
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@njit(nogil=True, error_model="numpy")
 def visibility_kernel(vertices, vertex_part, vertex_offsets, edges, edge_offsets, k, eps):
     """Visibility edges of all entities: ``(pairs [P,2] global vertex indices, sorted and
     unique per entity; offsets [E+1])``.

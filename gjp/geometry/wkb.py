@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import pyarrow as pa
 import shapely
 
 from gjp.errors import GjpError
+from gjp.jit import njit
 
 #: Part kinds.
 POINT, LINE, RING = 0, 1, 2
@@ -79,6 +79,10 @@ def binary_buffers(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.n
     offsets = np.frombuffer(offsets_buf, dtype=offset_type)[column.offset:column.offset + len(column) + 1]
     offsets = offsets.astype(np.int64)
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    # always read-only, whether Arrow's buffer was mutable or not: numba compiles (and
+    # install warms) one specialisation per flag, so the kernels see only this one
+    data = data.view()
+    data.flags.writeable = False
     return data, offsets
 
 
@@ -145,14 +149,14 @@ def binary_array(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
 
 # --------------------------------------------------------------------------- kernels
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _u32(data, pos, big):
     if big:
         return (np.uint32(data[pos]) << 24) | (np.uint32(data[pos + 1]) << 16) | (np.uint32(data[pos + 2]) << 8) | np.uint32(data[pos + 3])
     return (np.uint32(data[pos + 3]) << 24) | (np.uint32(data[pos + 2]) << 16) | (np.uint32(data[pos + 1]) << 8) | np.uint32(data[pos])
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _f64(data, pos, big, bits, value):
     b = np.uint64(0)
     for i in range(8):
@@ -161,7 +165,7 @@ def _f64(data, pos, big, bits, value):
     return value[0]
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _header(data, pos, end):
     """``(big, base type 1–7, ordinates per coordinate, position after the header)``."""
     if pos + 5 > end:
@@ -193,7 +197,7 @@ def _header(data, pos, end):
     return big, np.int64(base), ndim, pos
 
 
-@numba.njit(cache=True, inline="always")
+@njit(inline="always")
 def _close_collections(remaining, depth):
     """A geometry is complete: so is every open collection whose last member it was.
     Returns the new nesting depth (0: the row is done)."""
@@ -205,7 +209,7 @@ def _close_collections(remaining, depth):
     return depth
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _type_codes(data, offsets):
     n = len(offsets) - 1
     out = np.empty(n, dtype=np.int64)
@@ -214,7 +218,7 @@ def _type_codes(data, offsets):
     return out
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _walk(data, offsets):
     n = len(offsets) - 1
     nbytes = offsets[n] - offsets[0]
@@ -288,7 +292,7 @@ def _walk(data, offsets):
             part_kind[:npart].copy(), part_row[:npart].copy(), row_part_offsets, row_type)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _put_coords(data, coord_pos, coord_big, coords):
     bits = np.empty(1, dtype=np.uint64)
     value = bits.view(np.float64)
@@ -305,7 +309,7 @@ def _put_coords(data, coord_pos, coord_big, coords):
                     data[pos + j] = byte
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(nogil=True)
 def _structure_flags(data, offsets):
     n = len(offsets) - 1
     out = np.zeros(n, dtype=np.int64)
