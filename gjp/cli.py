@@ -7,6 +7,7 @@ starts fast.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -33,6 +34,29 @@ class OrderedGroup(click.Group):
 
     def list_commands(self, ctx):
         return list(self.commands)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number within [low, high]: click's FloatRange lets NaN through (every
+    comparison with NaN is false) and ``inf`` where there is no upper bound."""
+
+    name = "number"
+
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            self.fail(f"{value} must be {'>' if self.low_open else '≥'} {self.low:g}", param, ctx)
+        if self.high is not None and number > self.high:
+            self.fail(f"{value} must be ≤ {self.high:g}", param, ctx)
+        return number
 
 
 def _reporter(quiet: bool):
@@ -184,7 +208,7 @@ def fetch_naip_cmd(bbox, tiles_dir, output, stac_url, year, since, max_items, no
 @click.option("--size", type=click.IntRange(min=16), default=224, show_default=True,
               help="Rasters: chip width and height in pixels.")
 @click.option("--bands", default="1,2,3", show_default=True, help="Rasters: the bands that become R,G,B.")
-@click.option("--min-coverage", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--min-coverage", type=FiniteFloat(0, 1), default=0.0, show_default=True,
               help="Rasters: drop chips with a smaller fraction of valid pixels.")
 @click.option("--resampling", type=click.Choice(["average", "bilinear", "cubic", "lanczos", "nearest"]),
               default="average", show_default=True, help="Rasters: how pixels are warped onto the tile grid.")
@@ -246,7 +270,7 @@ def _bands(text: str) -> tuple[int, ...]:
 @cli.command("simplify")
 @click.option("-i", "--input", "input_dir", type=click.Path(path_type=Path), default=Path("tiles"), show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("simplified"), show_default=True)
-@click.option("--tolerance", type=float, default=0.3, show_default=True, help="Douglas–Peucker tolerance in metres.")
+@click.option("--tolerance", type=FiniteFloat(0), default=0.3, show_default=True, help="Douglas–Peucker tolerance in metres.")
 @workers_option
 @common
 def simplify_cmd(input_dir, output, tolerance, workers, overwrite, quiet):
@@ -272,7 +296,7 @@ def simplify_cmd(input_dir, output, tolerance, workers, overwrite, quiet):
 @cli.command("bbox")
 @click.option("-i", "--input", "input_dir", type=click.Path(path_type=Path), default=Path("simplified"), show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("boxed"), show_default=True)
-@click.option("--min-side", type=float, default=1.5, show_default=True, help="Smallest box side in metres.")
+@click.option("--min-side", type=FiniteFloat(0, low_open=True), default=1.5, show_default=True, help="Smallest box side in metres.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the point boxes' rotations.")
 @workers_option
 @common
@@ -420,22 +444,14 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
       gjp embed-tags -i dataset.h5 -o tag-embeddings.parquet
       gjp embed-tags --descriptions geojepa_tag_descriptions.csv
     """
+    from gjp.device import resolve_device
     from gjp.tag_embeddings import embed_tags
 
     reporter = _reporter(quiet)
     report = embed_tags(dataset, output, model=model, descriptions=descriptions, batch_size=batch_size,
-                        device=_device(device), overwrite=overwrite, reporter=reporter)
+                        device=resolve_device(device), overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
-
-
-def _device(choice: str) -> str:
-    """``auto`` → cuda when a GPU is usable, else cpu (no CUDA call on CPU-only machines)."""
-    if choice != "auto":
-        return choice
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @cli.command("embed")
@@ -468,12 +484,13 @@ def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, seed, b
       gjp embed --model tagcount --task tasks/bridge-masked/
       gjp embed --model vit_b_16 --weights imagenet
     """
-    from gjp.models.embed import embed
+    from gjp.device import resolve_device
+    from gjp.embedders.embed import embed
 
     reporter = _reporter(quiet)
     report = embed(model, dataset, output, task=task_dir, overwrite=overwrite, reporter=reporter,
                    tag_embeddings=tag_embeddings, weights=weights, seed=seed, batch_size=batch_size,
-                   device=_device(device))
+                   device=resolve_device(device))
     reporter.info(report.summary(model))
     click.echo(str(report.output))
 
@@ -627,6 +644,23 @@ def info_cmd(path, as_json):
     click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_any(kind, summary))
 
 
+def _one_line(text: str) -> str:
+    """A message as one printable line (a path that is not UTF-8 keeps its bytes escaped)."""
+    text = " ".join(str(text).split())
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _check_utf8(args: list[str]) -> None:
+    """Names that are not UTF-8 arrive as surrogate escapes, which neither Parquet nor HDF5
+    can store (gjp records every input path): refuse them before any work."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise GjpError(f"{_one_line(arg)}: not a UTF-8 name; gjp records paths in its outputs as UTF-8, "
+                           "so rename it (e.g. with convmv)") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors (``gjp: error: …``), tracebacks only with ``--debug``."""
     from gjp.io import Interrupted, raise_on_signals, reason
@@ -635,11 +669,16 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     raise_on_signals()
     try:
+        _check_utf8(args)
         cli.main(args=args, prog_name="gjp", standalone_mode=False)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    except click.UsageError as err:  # one line too, with where to read more
+        where = err.ctx.command_path if err.ctx is not None else "gjp"
+        click.echo(f"gjp: error: {_one_line(err.format_message())} (see `{where} --help`)", err=True)
+        sys.exit(err.exit_code)
     except click.ClickException as err:
-        err.show()
+        click.echo(f"gjp: error: {_one_line(err.format_message())}", err=True)
         sys.exit(err.exit_code)
     except Interrupted as stop:
         what = "terminated" if stop.signum == signal.SIGTERM else "interrupted"
@@ -651,13 +690,13 @@ def main(argv: list[str] | None = None) -> None:
     except GjpError as err:
         if debug:
             raise
-        click.echo(f"gjp: error: {err}", err=True)
+        click.echo(f"gjp: error: {_one_line(err)}", err=True)
         sys.exit(1)
     except OSError as err:
         if debug:
             raise
         where = f"{os.fsdecode(err.filename)}: " if err.filename else ""
-        click.echo(f"gjp: error: {where}{reason(err)}", err=True)
+        click.echo(f"gjp: error: {_one_line(where + reason(err))}", err=True)
         sys.exit(1)
     except MemoryError:
         click.echo("gjp: error: out of memory (try a smaller --batch-size or fewer --workers)", err=True)
@@ -665,6 +704,6 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # a bug: one line for users, the traceback with --debug
         if debug:
             raise
-        click.echo(f"gjp: internal error: {type(err).__name__}: {err} (rerun with --debug for the "
-                   "traceback, and please report it)", err=True)
+        click.echo(f"gjp: internal error: {type(err).__name__}: {_one_line(err)} (rerun with --debug for "
+                   "the traceback, and please report it)", err=True)
         sys.exit(2)

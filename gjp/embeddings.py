@@ -22,10 +22,11 @@ import numpy as np
 
 from gjp import __version__
 from gjp.errors import GjpError
-from gjp.io import command_line, hdf5_output, open_hdf5
+from gjp.io import command_line, hdf5_output, open_hdf5, require_datasets
 
 FORMAT = "gjp-embeddings"
 FORMAT_VERSION = 1
+MADE_BY = "gjp embed --model …"
 
 
 @dataclass
@@ -51,6 +52,10 @@ def write_embeddings(path: str | Path, names: list[str], vectors: np.ndarray, *,
                      entity_vectors=None, entity_osm_type=None, entity_osm_id=None,
                      overwrite: bool = False) -> None:
     vectors = np.asarray(vectors, dtype=np.float32)
+    for name, values in (("tile", vectors), ("entity", entity_vectors)):
+        if values is not None and not np.isfinite(values).all():
+            raise GjpError(f"{path}: {model} produced {name} vectors that are not finite (NaN or inf); "
+                           "nothing was written")
     with hdf5_output(path, overwrite) as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model,
                         "dim": int(vectors.shape[1]), "dataset": str(dataset), "task": task or "",
@@ -70,15 +75,48 @@ def write_embeddings(path: str | Path, names: list[str], vectors: np.ndarray, *,
 
 
 def read_embeddings(path: str | Path, entities: bool = False) -> Embeddings:
-    with open_hdf5(path, FORMAT, FORMAT_VERSION, "embeddings file", "gjp embed --model …") as f:
-        out = Embeddings([b.decode() for b in f["tiles/name"][()]], f["tiles/vectors"][()],
-                         {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()})
+    """An embeddings file, checked: as many vectors as names, unique names, finite values
+    (a NaN vector would give NaN distances and MAEs downstream, silently)."""
+    with open_hdf5(path, FORMAT, FORMAT_VERSION, "embeddings file", MADE_BY) as f:
+        require_datasets(f, path, "embeddings file", ("tiles/name", "tiles/vectors"))
+        names = [b.decode("utf-8", "replace") for b in f["tiles/name"][()]]
+        vectors = f["tiles/vectors"][()]
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+        _check_vectors(path, "tiles/vectors", vectors, len(names))
+        if len(set(names)) != len(names):
+            raise GjpError(f"{path}: damaged embeddings file: tile names repeat")
+        out = Embeddings(names, vectors, attrs)
         if entities:
             if "entities" not in f:
                 raise GjpError(f"{path}: has no entity embeddings (model {out.model}); "
                                "tagpool writes them")
+            require_datasets(f, path, "embeddings file", _ENTITY_DATASETS)
             out.entity_offsets = f["entities/offsets"][()]
             out.entity_vectors = f["entities/vectors"][()]
             out.entity_osm_type = f["entities/osm_type"][()]
             out.entity_osm_id = f["entities/osm_id"][()]
+            n_entities = len(out.entity_vectors)
+            offsets = out.entity_offsets
+            if (len(offsets) != len(names) + 1 or offsets[0] != 0 or offsets[-1] != n_entities
+                    or (np.diff(offsets) < 0).any()):
+                raise GjpError(f"{path}: damaged embeddings file: entities/offsets do not index "
+                               f"{n_entities} entities of {len(names)} tiles")
+            _check_vectors(path, "entities/vectors", out.entity_vectors, n_entities)
+            if len(out.entity_osm_type) != n_entities or len(out.entity_osm_id) != n_entities:
+                raise GjpError(f"{path}: damaged embeddings file: entity ids and vectors differ in number")
     return out
+
+
+_ENTITY_DATASETS = ("entities/offsets", "entities/vectors", "entities/osm_type", "entities/osm_id")
+
+
+def _check_vectors(path, name: str, vectors: np.ndarray, rows: int) -> None:
+    if vectors.ndim != 2 or len(vectors) != rows:
+        raise GjpError(f"{path}: damaged embeddings file: {name} has shape {vectors.shape}, expected "
+                       f"{rows} rows of vectors")
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise GjpError(f"{path}: damaged embeddings file: {name} holds {vectors.dtype}, not floats")
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise GjpError(f"{path}: {int(bad.sum())} of {rows} vectors in {name} are not finite (NaN or inf); "
+                       "make the embeddings again")

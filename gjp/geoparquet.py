@@ -13,16 +13,18 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gjp import grid
 from gjp.errors import GjpError
-from gjp.geometry import wkb
+from gjp.io import json_metadata
 
 FORMAT = "gjp-tiles"
 FORMAT_VERSION = 1
-GROUP_FILE = re.compile(r"^\d{1,2}_\d+_\d+\.parquet$")
+GROUP_FILE = re.compile(rf"^{grid.TILE_NAME}\.parquet$")
 
 BBOX_FIELDS = ("xmin", "ymin", "xmax", "ymax")
 #: Low-cardinality columns worth dictionary encoding (the rest it only slows down).
@@ -60,7 +62,7 @@ def geo_metadata(table: pa.Table) -> dict:
     else:
         columns["geometry"] = {
             "encoding": "WKB",
-            "geometry_types": wkb.geometry_type_names(table.column("geometry")),
+            "geometry_types": geometry_type_names(table.column("geometry")),
             "crs": _crs84_projjson(),
             "bbox": _extent(table),
             "covering": {"bbox": {k: ["bbox", k] for k in BBOX_FIELDS}},
@@ -69,9 +71,47 @@ def geo_metadata(table: pa.Table) -> dict:
         columns["local"] = known["local"]
     elif "local" in table.column_names:
         # tile units (x east, y north, 1.0 = tile width): an engineering frame, so no CRS
-        columns["local"] = {"encoding": "WKB", "geometry_types": wkb.geometry_type_names(table.column("local")),
+        columns["local"] = {"encoding": "WKB", "geometry_types": geometry_type_names(table.column("local")),
                             "crs": None}
     return {"version": "1.1.0", "primary_column": "geometry", "columns": columns}
+
+
+#: WKB base type codes → GeoParquet's ``geometry_types`` names.
+WKB_TYPE_NAMES = {1: "Point", 2: "LineString", 3: "Polygon", 4: "MultiPoint", 5: "MultiLineString",
+                  6: "MultiPolygon", 7: "GeometryCollection"}
+
+
+def geometry_type_names(column: pa.Array | pa.ChunkedArray) -> list[str]:
+    """The sorted distinct type names of a WKB column, from each row's 5-byte header (byte
+    order, type code with its ISO or EWKB dimension flags): no geometry is decoded, and
+    this format module needs none of the geometry kernels."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if column.null_count:
+        raise GjpError("a geometry column holds nulls")
+    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+        raise GjpError(f"a geometry column has type {column.type}, not WKB binary")
+    if len(column) == 0:
+        return []
+    _, offsets_buffer, data_buffer = column.buffers()
+    width = np.int64 if pa.types.is_large_binary(column.type) else np.int32
+    offsets = np.frombuffer(offsets_buffer, dtype=width)[column.offset:column.offset + len(column) + 1]
+    offsets = offsets.astype(np.int64)
+    data = np.frombuffer(data_buffer or b"", dtype=np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    if (ends - starts < 5).any():
+        raise GjpError("a geometry is not valid WKB (truncated)")
+    order = data[starts]
+    if (order > 1).any():
+        raise GjpError("a geometry is not valid WKB (bad byte order)")
+    raw = data[starts[:, None] + np.arange(1, 5)].astype(np.uint32)
+    little = raw[:, 0] | raw[:, 1] << 8 | raw[:, 2] << 16 | raw[:, 3] << 24
+    big = raw[:, 3] | raw[:, 2] << 8 | raw[:, 1] << 16 | raw[:, 0] << 24
+    code = np.where(order == 1, little, big) & 0x0FFFFFFF  # without the EWKB Z/M/SRID flags
+    base, iso = code % 1000, code // 1000
+    if ((base < 1) | (base > 7) | (iso > 3)).any():
+        raise GjpError("a geometry is not valid WKB (unknown geometry type)")
+    return [WKB_TYPE_NAMES[int(c)] for c in np.unique(base)]
 
 
 def _extent(table: pa.Table) -> list[float]:
@@ -131,7 +171,7 @@ def _check_schema(path: Path, schema: pa.Schema, require: tuple[str, ...]) -> di
     raw = (schema.metadata or {}).get(b"gjp")
     if raw is None:
         raise GjpError(f"{path}: not a gjp tile group file (no gjp metadata)")
-    meta = json.loads(raw)
+    meta = json_metadata(raw, path, "tile group")
     if meta.get("format") != FORMAT:
         raise GjpError(f"{path}: not a gjp tile group file (format {meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:

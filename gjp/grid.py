@@ -25,7 +25,9 @@ DEFAULT_ZOOM = 16
 #: tile at ``zoom - GROUP_LEVELS``, which is also the unit of the train/val/test split.
 GROUP_LEVELS = 2
 
-_NAME = re.compile(r"^(\d{1,2})_(\d+)_(\d+)$")
+#: A tile's name, ``z_x_y``; group files are named after their group tile the same way.
+TILE_NAME = r"(\d{1,2})_(\d+)_(\d+)"
+_NAME = re.compile(f"^{TILE_NAME}$")
 
 
 def lonlat_to_fractional(lon, lat, zoom: int):

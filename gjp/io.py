@@ -255,7 +255,12 @@ def atomic_directory(final: str | Path, overwrite: bool = False):
     except OSError as err:
         staging.remove()
         _raise_if_full(err, final)
+        if err.filename is None:  # pyarrow's write errors carry no file name (nor errno)
+            raise GjpError(f"{final}: cannot write: {reason(err)}; nothing was written") from None
         raise
+    except GjpError as err:  # name the output as the user knows it, not its staging name
+        staging.remove()
+        raise GjpError(str(err).replace(str(path), str(final))) from None
     except BaseException:
         staging.remove()
         raise

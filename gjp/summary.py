@@ -1,19 +1,21 @@
 """``gjp info``: what is in any gjp output, in a few lines: tile-group files or
-directories, ``images/``, ``dataset.h5``, a task directory, a tag-embeddings file."""
+directories, ``images/``, ``dataset.h5``, a task directory, a tag-embeddings file, an
+embeddings file, a result file or a results directory. The kind is told by content (the
+``format`` an HDF5 file records), not by name alone."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from gjp import grid
 from gjp.errors import GjpError
 from gjp.geoparquet import GROUP_FILE, check_group_file, list_group_files
+from gjp.io import json_metadata, parquet_schema, read_json, read_parquet
 
 _COLUMNS = ["tile", "osm_type", "kind", "tags"]
 
@@ -32,7 +34,7 @@ def summarize_tiles(path: str | Path) -> dict:
         files = list_group_files(path)
     meta = check_group_file(files[0])
     zoom = int(meta["zoom"])
-    names = pq.read_schema(files[0]).names
+    names = parquet_schema(files[0], "tile group file").names
     graph = "visibility_edges" in names
     kinds, types, keys = Counter(), Counter(), Counter()
     per_tile: Counter = Counter()
@@ -40,7 +42,8 @@ def summarize_tiles(path: str | Path) -> dict:
     rows = 0
     for f in files:
         check_group_file(f)
-        t = pq.read_table(f, columns=_COLUMNS + (["vertex_part", "geometry_edges", "visibility_edges"] if graph else []))
+        t = read_parquet(f, "tile group file",
+                         _COLUMNS + (["vertex_part", "geometry_edges", "visibility_edges"] if graph else []))
         rows += t.num_rows
         kinds.update(t.column("kind").to_pylist())
         types.update(t.column("osm_type").to_pylist())
@@ -97,9 +100,15 @@ def summarize(path: str | Path) -> tuple[str, dict]:
             return "task", summarize_task(path)
         if (path / "index.parquet").exists():
             return "images", summarize_images(path)
+        if not any(GROUP_FILE.match(p.name) for p in path.iterdir()) and any(path.glob("*.json")):
+            return "results", summarize_results(sorted(path.glob("*.json")), path)
         return "tiles", summarize_tiles(path)
     if path.suffix in (".h5", ".hdf5"):
+        if _hdf5_format(path) == "gjp-embeddings":
+            return "embeddings", summarize_embeddings(path)
         return "dataset", summarize_dataset(path)
+    if path.suffix == ".json":
+        return "results", summarize_results([path], path)
     if path.name == "index.parquet":
         return "images", summarize_images(path.parent)
     if path.suffix == ".parquet" and not GROUP_FILE.match(path.name):
@@ -107,9 +116,29 @@ def summarize(path: str | Path) -> tuple[str, dict]:
     return "tiles", summarize_tiles(path)
 
 
+def _hdf5_format(path: Path) -> str | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            found = f.attrs.get("format")
+    except OSError:
+        return None  # the dataset reader says what is wrong with it
+    return found.decode() if isinstance(found, bytes) else found
+
+
 def format_any(kind: str, s: dict) -> str:
     if kind == "tiles":
         return format_summary(s)
+    if kind == "embeddings":
+        text = (f"{s['path']}: {s['tiles']} tile embeddings of {s['dim']} dims from {s['model']}"
+                + (f" (inputs of task {s['task']})" if s["task"] else "") + f"; dataset {s['dataset']}")
+        if s["entities"]:
+            text += f"\n  {s['entities']} entity embeddings of {s['entity_dim']} dims"
+        return text + f"\n  vector norms {s['norm'][0]:.3g}/{s['norm'][1]:.3g}/{s['norm'][2]:.3g} (min/median/max)"
+    if kind == "results":
+        return "\n".join([f"{s['path']}: {len(s['results'])} results"]
+                         + [f"  {r['file']}: {r['text']}" for r in s["results"]])
     if kind == "images":
         return (f"{s['path']}: {s['chips']} image chips of {s['size']}×{s['size']} px at zoom {s['zoom']} "
                 f"(≈ {s['resolution_m']:.2f} m/px); {s['full']} fully covered, mean coverage "
@@ -142,8 +171,9 @@ def format_any(kind: str, s: dict) -> str:
 
 
 def summarize_images(directory: Path) -> dict:
-    meta = json.loads((pq.read_schema(directory / "index.parquet").metadata or {}).get(b"gjp", b"{}"))
-    rows = pq.read_table(directory / "index.parquet").to_pylist()
+    index = directory / "index.parquet"
+    meta = json_metadata((parquet_schema(index, "image index").metadata or {}).get(b"gjp"), index, "image index")
+    rows = read_parquet(index, "image index").to_pylist()
     return {"path": str(directory), "zoom": meta.get("zoom"), "size": meta.get("size"), "chips": len(rows),
             "full": sum(r["valid_fraction"] == 1.0 for r in rows),
             "mean_valid": float(np.mean([r["valid_fraction"] for r in rows])) if rows else 0.0,
@@ -175,14 +205,57 @@ def summarize_dataset(path: Path) -> dict:
 
 
 def summarize_task(directory: Path) -> dict:
-    stats = json.loads((directory / "stats.json").read_text())
+    from gjp.tasks.files import read_task_info
+
+    read_task_info(directory)
+    path = directory / "stats.json"
+    stats = read_json(path, "task statistics")
+    # "masked" is a bool, or for masked inputs what the masking removed
+    for key, kind in (("task", str), ("masked", bool | dict), ("rule", str), ("tiles", dict), ("splits", dict),
+                      ("distribution", dict)):
+        if not isinstance(stats.get(key), kind):
+            raise GjpError(f"{path}: damaged task statistics (no {key!r})")
     return {"path": str(directory), **stats}
+
+
+def summarize_embeddings(path: Path) -> dict:
+    from gjp.embeddings import read_embeddings
+
+    emb = read_embeddings(path)
+    entities = None
+    with contextlib.suppress(GjpError):
+        entities = read_embeddings(path, entities=True).entity_vectors
+    norms = np.linalg.norm(emb.vectors, axis=1)
+    return {"path": str(path), "model": emb.model, "tiles": len(emb.names), "dim": int(emb.vectors.shape[1]),
+            "task": emb.attrs.get("task") or None, "dataset": emb.attrs.get("dataset"),
+            "entities": 0 if entities is None else int(len(entities)),
+            "entity_dim": 0 if entities is None else int(entities.shape[1]),
+            "norm": [float(norms.min()), float(np.median(norms)), float(norms.max())] if len(norms) else [0, 0, 0]}
+
+
+def summarize_results(paths: list[Path], where: Path) -> dict:
+    from gjp.evaluate.score import load_results
+
+    if not paths:
+        raise GjpError(f"{where}: no result files")
+    out = []
+    for path in paths:
+        probes, retrieval = load_results([path])
+        if probes:
+            p = probes[0]
+            text = (f"{p['model']} on {p['task']} ({p['head']}): test MAE {p['test_mae_mean']:.4g} ± "
+                    f"{p['test_mae_sd']:.2g} over {len(p.get('seeds', []))} seeds (dummy {p['dummy']['test_mae']:.4g})")
+        else:
+            r = retrieval[0]
+            text = f"{r['model']} retrieval: precision@{r.get('k', '?')} {r['precision_mean']:.3f}"
+        out.append({"file": path.name, "text": text})
+    return {"path": str(where), "results": out}
 
 
 def summarize_tag_embeddings(path: Path) -> dict:
     from gjp.tag_embeddings import read_tag_embeddings
 
     tags, vectors, meta = read_tag_embeddings(path)
-    texts = pq.read_table(path, columns=["text"]).column("text").to_pylist()
+    texts = read_parquet(path, "tag-embeddings file", ["text"]).column("text").to_pylist()
     return {"path": str(path), "entries": len(tags), "dim": int(vectors.shape[1]), "model": meta.get("model"),
             "described": sum(t.startswith(tag + ": ") for tag, t in zip(tags, texts))}

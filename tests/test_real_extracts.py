@@ -257,3 +257,29 @@ def test_wkb_walker_reads_the_files_like_shapely(pipeline):
         assert np.array_equal(walked.coords, shapely.get_coordinates(geoms))
         ids = {0: 1, 1: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 7}
         assert walked.row_type.tolist() == [ids[t] for t in shapely.get_type_id(geoms)]
+
+
+def test_pyosmium_tag_internals_match_the_public_api(monaco):
+    """gjp.osm.reader._tag_pairs steps pyosmium's private tag container (11–25% of `gjp tile`,
+    DECISIONS.md); without it, it silently falls back to the public API. This test is what
+    notices: the internals must exist and give exactly the public API's tags."""
+    import osmium.version
+
+    from gjp.osm.reader import _tag_pairs
+
+    version = f"pyosmium {osmium.version.pyosmium_release} (libosmium {osmium.version.libosmium_version})"
+    objects = tags = 0
+    for obj in osmium.FileProcessor(str(monaco)):
+        data = getattr(obj.tags, "_pyosmium_data", None)
+        missing = [m for m in ("tags_begin", "tags_next", "tags_size") if not hasattr(data, m)]
+        assert not missing, (f"{version}: TagList._pyosmium_data no longer has {', '.join(missing) or 'itself'}; "
+                             "gjp/osm/reader.py _tag_pairs now runs on the slower public API: "
+                             "adapt it or drop the internals (DECISIONS.md, 'Reading tags')")
+        got = list(_tag_pairs(obj.tags))
+        want = [(t.k, t.v) for t in obj.tags]
+        assert got == want, (f"{version}: pyosmium's tag internals disagree with its public API on "
+                             f"{type(obj).__name__} {obj.id}: {got!r} != {want!r}")
+        objects += 1
+        tags += len(want)
+    assert objects > 10_000 and tags > 10_000, (objects, tags)
+    assert list(_tag_pairs([osmium.osm.Tag("a", "b")])) == [("a", "b")]  # the fallback

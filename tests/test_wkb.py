@@ -8,6 +8,7 @@ import shapely
 
 from gjp.errors import GjpError
 from gjp.geometry import wkb
+from gjp.geoparquet import geometry_type_names
 
 WKT = [
     "POINT (1 2)",
@@ -81,8 +82,11 @@ def test_slices_chunks_and_shapely_input(tmp_path):
     pq.write_table(pa.table({"g": pa.array(shapely.to_wkb(geoms), pa.large_binary())}), tmp_path / "t.parquet")
     large = pq.read_table(tmp_path / "t.parquet").column("g")
     assert np.array_equal(wkb.walk(large).coords, shapely.get_coordinates(geoms))
-    assert wkb.geometry_type_names(column) == ["Point", "LineString", "Polygon", "MultiPoint",
-                                               "MultiPolygon", "GeometryCollection"]
+    assert geometry_type_names(column) == ["Point", "LineString", "Polygon", "MultiPoint",
+                                           "MultiPolygon", "GeometryCollection"]
+    assert geometry_type_names(large) == geometry_type_names(chunked) == geometry_type_names(column)
+    big_endian = shapely.to_wkb(geoms, byte_order=0, include_srid=False)
+    assert geometry_type_names(pa.array(big_endian, pa.binary())) == geometry_type_names(column)
 
 
 @pytest.mark.parametrize("data", [b"", b"\x01", b"\x07\x01\x00\x00\x00", b"\x01\x09\x00\x00\x00",
@@ -91,6 +95,9 @@ def test_slices_chunks_and_shapely_input(tmp_path):
 def test_malformed_wkb_is_a_clear_error(data):
     with pytest.raises(GjpError, match="not valid WKB"):
         wkb.walk(pa.array([data], pa.binary()))
+    if len(data) < 6:  # headers alone: what the GeoParquet description reads
+        with pytest.raises(GjpError, match="not valid WKB"):
+            geometry_type_names(pa.array([data], pa.binary()))
 
 
 def test_nulls_and_other_types_are_refused():

@@ -25,7 +25,7 @@ FORMAT_VERSION = 1
 MADE_BY = "gjp pack-h5"
 UNKNOWN = "<unk>"
 DEFAULT_MIN_TAG_COUNT = 5
-#: NAIP RGB statistics (DESIGN §1), for normalising chips; stored with the images too.
+#: NAIP RGB statistics (docs/FORMATS.md), for normalising chips; stored with the images too.
 NAIP_MEAN = (0.4692, 0.4768, 0.4254)
 NAIP_STD = (0.1064, 0.0799, 0.0815)
 

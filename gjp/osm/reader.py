@@ -89,17 +89,22 @@ class _Chunk:
 
 
 def _tag_pairs(taglist):
-    """The ``(key, value)`` pairs of a pyosmium TagList.
+    """The ``(key, value)`` pairs (``osmium.osm.Tag``) of a pyosmium TagList.
 
-    pyosmium's public iterator costs a Python-level ``__next__`` per tag; stepping its
-    C++ container directly halves the cost of reading tags, the largest Python cost of
-    ``gjp tile``. Falls back to the public API if pyosmium's internals change.
+    The one place gjp uses pyosmium internals (``TagList._pyosmium_data`` and its
+    ``tags_begin`` / ``tags_next`` / ``tags_size``, what pyosmium's own ``TagIterator``
+    calls). The public iterator adds a Python-level ``__next__`` per tag: with it, all of
+    ``gjp tile`` is 10–15% slower on Monaco and 20–26% on Porto (pyosmium 4.3.2, best of 5;
+    DECISIONS.md). When the internals are missing this is the public API (same tags,
+    slower); tests/test_real_extracts.py fails, naming the pyosmium version, when they go
+    or disagree with it.
     """
-    data = getattr(taglist, "_pyosmium_data", None)
-    if data is None or not hasattr(data, "tags_next"):
+    try:
+        data = taglist._pyosmium_data
+        it, step, size = data.tags_begin(), data.tags_next, data.tags_size()
+    except AttributeError:
         return iter(taglist)
-    it, step = data.tags_begin(), data.tags_next
-    return (step(it) for _ in range(data.tags_size()))
+    return (step(it) for _ in range(size))
 
 
 def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",

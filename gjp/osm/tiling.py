@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,20 @@ def check_osm_inputs(inputs: list[Path]) -> list[tuple[Path, str]]:
     return checked
 
 
+def check_node_index(node_index: str) -> None:
+    """pyosmium's index spec: a known type, and for the file-backed ones a file that can be
+    created (pyosmium would report a bad path as an unreadable input)."""
+    kind, _, file = node_index.partition(",")
+    if kind not in NODE_INDEX_TYPES:
+        raise GjpError(f"--node-index {node_index!r}: choose one of {', '.join(NODE_INDEX_TYPES)}")
+    if file:
+        folder = Path(file).parent
+        if not folder.is_dir():
+            raise GjpError(f"--node-index {node_index!r}: {folder}: no such directory for the index file")
+        if not os.access(folder, os.W_OK):
+            raise GjpError(f"--node-index {node_index!r}: {folder}: not writable")
+
+
 def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = grid.DEFAULT_ZOOM,
              tag_filter: TagFilter | None = None, min_entities: int = 5, max_entities: int = 1250,
              node_index: str = "flex_mem", workers: int = 1, overwrite: bool = False,
@@ -101,8 +116,7 @@ def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = gr
     """Tile OSM files into ``output_dir/14_X_Y.parquet`` group files (see module doc)."""
     if not 2 <= zoom <= 24:
         raise GjpError(f"--zoom must be between 2 and 24, got {zoom}")
-    if node_index.split(",")[0] not in NODE_INDEX_TYPES:
-        raise GjpError(f"--node-index {node_index!r}: choose one of {', '.join(NODE_INDEX_TYPES)}")
+    check_node_index(node_index)
     if min_entities > max_entities:
         raise GjpError(f"--min-entities {min_entities} is larger than --max-entities {max_entities}")
     tag_filter = tag_filter or TagFilter()

@@ -179,6 +179,7 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     name = spec.name + ("-masked" if masked else "")
     output = Path(output) if output is not None else Path("tasks") / name
     splits = Path(splits) if splits is not None else output.parent / "splits.csv"
+    check_output_free(output, overwrite, directory=True)
     tags = RawTags(dataset)
     report = TaskReport(tiles=len(tags.tile_names))
     labels, labelled, counts = tile_labels(spec, tags)
@@ -193,7 +194,10 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     report.kept = int(keep.sum())
     if report.kept == 0:
         raise GjpError(f"{dataset}: task {spec.name}: no tile gets a label (nothing matches?)")
-    check_output_free(output, overwrite, directory=True)
+    distinct = np.unique(labels[keep])
+    if len(distinct) == 1:
+        raise GjpError(f"{dataset}: task {spec.name}: every tile gets the label {distinct[0]:g}, nothing to "
+                       "learn (does the spec match any entity here?)")
     split_of, splits_changed = load_or_make_splits(splits, tags.groups, seed)
     kept = np.flatnonzero(keep)
     rows = {"tile": [tags.tile_names[i] for i in kept], "group": [tags.groups[i] for i in kept],

@@ -36,6 +36,7 @@ from importlib import resources
 from pathlib import Path
 
 from gjp.errors import GjpError
+from gjp.io import read_text
 from gjp.kinds import KINDS
 
 RULES = ("count", "any", "max")
@@ -78,10 +79,7 @@ def load_spec(name_or_path: str) -> TaskSpec:
         text = resources.files("gjp.tasks.builtin").joinpath(f"{name_or_path}.toml").read_text(encoding="utf-8")
         where = f"built-in task {name_or_path}"
     elif path.suffix == ".toml" or path.exists():
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as err:
-            raise GjpError(f"{path}: cannot read the task spec ({err.strerror or err})") from err
+        text = read_text(path, "task spec")
         where = str(path)
     else:
         raise GjpError(f"unknown task {name_or_path!r}: built-in tasks are {', '.join(BUILTIN)}; "

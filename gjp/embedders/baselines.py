@@ -93,6 +93,9 @@ def image_backbone(dataset: Path, model: str, weights: str = "none", seed: int =
                    device: str = "cpu", reporter: Reporter = QUIET, **_) -> EmbedResult:
     import torch
 
+    from gjp.device import autocast, resolve_device
+
+    device = resolve_device(device)
     net = _backbone(model, weights, seed)
     net.eval().to(device)
     with open_dataset(dataset, require_images=True) as f:
@@ -109,12 +112,9 @@ def image_backbone(dataset: Path, model: str, weights: str = "none", seed: int =
                 batch = torch.from_numpy(np.stack([pixels[int(i)] for i in rows[start:start + batch_size]]))
                 x = ((batch.permute(0, 3, 1, 2).float() / 255.0) - mean) / std
                 x = x.to(device)
-                if device == "cuda":
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        y = net(x)
-                else:
+                with autocast(device):
                     y = net(x)
-                out.append(y.float().cpu().numpy())
+                out.append(y.float().cpu().numpy())  # float32 whatever autocast computed in
                 bar.update(len(x))
         bar.close()
     vectors = np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from gjp.embedders.baselines import EMBEDDERS
 from gjp.embeddings import write_embeddings
 from gjp.errors import GjpError
 from gjp.io import check_output_free
-from gjp.models.baselines import EMBEDDERS
+from gjp.tasks.files import task_dataset
 from gjp.ui import QUIET, Reporter
 
 
@@ -27,14 +27,8 @@ class EmbedStepReport:
 
 
 def task_inputs(task_dir: str | Path) -> tuple[Path, str]:
-    """The dataset a task lets a model see, and the task's name."""
-    task_dir = Path(task_dir)
-    info_path = task_dir / "task.json"
-    if not info_path.exists():
-        raise GjpError(f"{task_dir}: not a task directory (no task.json; make one with `gjp mktask`)")
-    info = json.loads(info_path.read_text())
-    dataset = (task_dir / info["dataset"]).resolve()
-    return dataset, task_dir.name
+    """The dataset a task lets a model see, and the task directory's name."""
+    return task_dataset(task_dir), Path(task_dir).name
 
 
 def default_output(model: str, task: str | None) -> Path:
