@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset, TileSample, collate_tiles
 from gjp.dataset.format import open_dataset, read_vocabulary
+from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset, TileSample, collate_tiles
 from gjp.dataset.pack import pack_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

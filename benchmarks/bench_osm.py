@@ -30,11 +30,12 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from naive_visibility import naive_visibility_edges, nearest_first_visibility_edges  # noqa: E402
+
 from gjp.geometry.minbox import bbox  # noqa: E402
 from gjp.geometry.simplify import simplify  # noqa: E402
 from gjp.geometry.visibility import visibility, visibility_kernel  # noqa: E402
 from gjp.osm.tiling import tile_osm  # noqa: E402
-from naive_visibility import naive_visibility_edges, nearest_first_visibility_edges  # noqa: E402
 
 EXTRACTS = ["us_ny_queens_village_2016-07.osm.pbf", "pt_porto_2020-07.osm.pbf", "ad_andorra_2020-05.osm.pbf"]
 KERNEL_EXTRACTS = ["ru_moscow_2020-07.osm.pbf", "pt_porto_2020-07.osm.pbf"]

@@ -147,8 +147,7 @@ def fetch_osm_cmd(region, output, index_url, refresh_index, list_pattern, quiet)
         raise click.UsageError("give a REGION (or a URL), or --list")
     result = fetch_osm(region, output, index_url=index_url or INDEX_URL, refresh_index=refresh_index,
                        reporter=reporter)
-    reporter.info(f"{result.path}: " + ("already up to date" if result.skipped
-                                       else f"downloaded {result.bytes / 1e6:.1f} MB"))
+    reporter.info(result.summary())
     click.echo(str(result.path))
 
 
@@ -289,7 +288,7 @@ def simplify_cmd(input_dir, output, tolerance, workers, overwrite, quiet):
     reporter = _reporter(quiet)
     report = simplify(input_dir, output, tolerance_m=tolerance, workers=_workers(workers),
                       overwrite=overwrite, reporter=reporter)
-    reporter.info(f"simplified {report.rows} entities in {report.files} files")
+    reporter.info(report.summary())
     click.echo(str(output))
 
 
@@ -316,7 +315,7 @@ def bbox_cmd(input_dir, output, min_side, seed, workers, overwrite, quiet):
     reporter = _reporter(quiet)
     report = bbox(input_dir, output, min_side_m=min_side, seed=seed, workers=_workers(workers),
                   overwrite=overwrite, reporter=reporter)
-    reporter.info(f"boxed {report.rows} entities in {report.files} files")
+    reporter.info(report.summary())
     click.echo(str(output))
 
 
@@ -343,7 +342,7 @@ def visibility_cmd(input_dir, output, k, workers, overwrite, quiet):
     reporter = _reporter(quiet)
     report = visibility(input_dir, output, k=k, workers=_workers(workers), overwrite=overwrite,
                         reporter=reporter)
-    reporter.info(f"built graphs of {report.rows} entities in {report.files} files")
+    reporter.info(report.summary())
     click.echo(str(output))
 
 
@@ -418,7 +417,7 @@ def mktask_cmd(name, masked, spec_file, dataset, output, splits, seed, overwrite
     output = output or Path("tasks") / task_name
     report = make_task(spec, dataset, output, masked=masked, seed=seed, splits=splits, overwrite=overwrite,
                        reporter=reporter)
-    reporter.info(report.summary(task_name))
+    reporter.info(report.summary())
     click.echo(str(output))
 
 
@@ -491,7 +490,7 @@ def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, seed, b
     report = embed(model, dataset, output, task=task_dir, overwrite=overwrite, reporter=reporter,
                    tag_embeddings=tag_embeddings, weights=weights, seed=seed, batch_size=batch_size,
                    device=resolve_device(device))
-    reporter.info(report.summary(model))
+    reporter.info(report.summary())
     click.echo(str(report.output))
 
 
@@ -516,11 +515,10 @@ def probe_cmd(embeddings, task_dir, head, seeds, output, overwrite, quiet):
     from gjp.evaluate.probe import ProbeConfig, probe
 
     reporter = _reporter(quiet)
-    path, r = probe(embeddings, task_dir, output, config=ProbeConfig(head=head, seeds=seeds),
-                    overwrite=overwrite, reporter=reporter)
-    reporter.info(f"{r['model']} on {r['task']} ({head}): test MAE {r['test_mae_mean']:.4g} ± {r['test_mae_sd']:.2g} "
-                  f"(dummy {r['dummy']['test_mae']:.4g}; n = {r['n']['train']}/{r['n']['val']}/{r['n']['test']})")
-    click.echo(str(path))
+    report = probe(embeddings, task_dir, output, config=ProbeConfig(head=head, seeds=seeds),
+                   overwrite=overwrite, reporter=reporter)
+    reporter.info(report.summary())
+    click.echo(str(report.path))
 
 
 @cli.command("knn")
@@ -564,12 +562,10 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
         click.echo("\n".join(read_embeddings(embeddings).names))
         return
     if evaluate:
-        path, r = knn.evaluate_retrieval(embeddings, dataset, k=k, metric=metric, categories=categories,
-                                         output_dir=output, overwrite=overwrite)
-        for name, c in sorted(r["categories"].items()):
-            click.echo(f"{name}\t{c['tiles']}\t{c['precision']:.3f}\t(chance {c['chance']:.3f})")
-        click.echo(f"mean\t\t{r['precision_mean']:.3f}\t(chance {r['chance_mean']:.3f})")
-        click.echo(str(path), err=True)
+        report = knn.evaluate_retrieval(embeddings, dataset, k=k, metric=metric, categories=categories,
+                                        output_dir=output, overwrite=overwrite)
+        click.echo(report.table())
+        _reporter(False).info(report.summary())
         return
     if (query is None) == (text is None):
         raise click.UsageError("give --query TILE or --text \"…\" (or --eval)")

@@ -114,7 +114,7 @@ def _tempdir() -> str | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cache_dir(source_dir: str) -> CacheDir:
     """The cache chosen for the kernels of ``source_dir`` (once per process)."""
     return choose_cache_dir(source_dir, os.environ, os.getuid(), _tempdir(),

@@ -45,6 +45,9 @@ class Download:
     bytes: int        # bytes transferred by this call (0 when up to date)
     skipped: bool     # the file was already complete and up to date
 
+    def summary(self) -> str:
+        return f"{self.path}: " + ("already up to date" if self.skipped else f"downloaded {self.bytes / 1e6:.1f} MB")
+
 
 def session() -> requests.Session:
     s = requests.Session()

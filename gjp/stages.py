@@ -23,8 +23,12 @@ Transform = Callable[..., pa.Table]
 
 @dataclass
 class StageReport:
+    step: str = ""
     files: int = 0
     rows: int = 0
+
+    def summary(self) -> str:
+        return f"{self.step}: {self.rows} entities in {self.files} files"
 
 
 def run_stage(step: str, transform: Transform, input_dir: str | Path, output_dir: str | Path, *,
@@ -33,7 +37,7 @@ def run_stage(step: str, transform: Transform, input_dir: str | Path, output_dir
     files = list_group_files(input_dir)
     # Each file is checked as it is read; a bad one fails the step and, the output being
     # staged, leaves nothing behind.
-    report = StageReport(files=len(files))
+    report = StageReport(step=step, files=len(files))
     with atomic_directory(output_dir, overwrite) as staging:
         jobs = [(step, transform, path, staging / path.name, require, params) for path in files]
         bar = reporter.progress(total=len(jobs), desc=step, unit=" file")

@@ -64,7 +64,7 @@ class TagFilter:
     @classmethod
     def from_options(
         cls, filter_file: str | Path | None = None, drop: Iterable[str] = (), keep: Iterable[str] = ()
-    ) -> "TagFilter":
+    ) -> TagFilter:
         """The filter the CLI options describe: a file replaces the defaults; ``drop`` and
         ``keep`` patterns are added on top."""
         base = list(DEFAULT_DROP_PATTERNS)

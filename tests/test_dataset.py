@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset, collate_tiles
 from gjp.dataset.format import UNKNOWN, Vocabulary, decode, read_vocabulary
+from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset, collate_tiles
 from gjp.dataset.pack import pack_dataset
 from gjp.errors import GjpError
 

@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-torch = pytest.importorskip("torch")
+import torch
 
 from gjp.device import autocast, resolve_device
 from gjp.errors import GjpError

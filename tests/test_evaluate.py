@@ -36,7 +36,7 @@ def test_linear_probe_recovers_a_linear_signal(tmp_path):
     w = rng.normal(size=16)
     y = x @ w + rng.normal(scale=0.1, size=1500)  # noise MAE ≈ 0.08
     task, emb = synthetic_task(tmp_path, x, y)
-    _, r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="linear", seeds=3, max_epochs=2000))
+    r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="linear", seeds=3, max_epochs=2000)).result
     assert r["test_mae_mean"] < 0.15 < r["dummy"]["test_mae"] / 10
     assert r["n"] == {"train": 900, "val": 300, "test": 300}
 
@@ -46,7 +46,7 @@ def test_probe_on_noise_does_not_beat_the_dummy(tmp_path):
     x = rng.normal(size=(600, 32))
     y = rng.normal(size=600)
     task, emb = synthetic_task(tmp_path, x, y)
-    _, r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="mlp", seeds=2))
+    r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="mlp", seeds=2)).result
     assert r["test_mae_mean"] > 0.9 * r["dummy"]["test_mae"]
 
 
@@ -70,7 +70,7 @@ def test_binary_metrics_and_clamping(tmp_path):
     x = rng.normal(size=(400, 4))
     y = (x[:, 0] > 0).astype(float)
     task, emb = synthetic_task(tmp_path, x, y, clamp=(0, 1))
-    _, r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="mlp", seeds=2))
+    r = probe(emb, task, tmp_path / "results", config=ProbeConfig(head="mlp", seeds=2)).result
     assert r["binary"] and r["test_accuracy_mean"] > 0.8 and "test_f1_mean" in r
 
 
@@ -155,8 +155,8 @@ def test_image_backbone_on_real_naip_chips(monaco_dataset, tmp_path):
 
     from gjp.dataset.loader import TileDataset
     from gjp.dataset.pack import pack_dataset
-    from gjp.imagery.chips import import_chips
     from gjp.embedders.embed import embed
+    from gjp.imagery.chips import import_chips
 
     _, graphs, dataset = monaco_dataset
     names = TileDataset(dataset).names[:4]
@@ -186,9 +186,9 @@ def test_image_backbone_loads_a_local_state_dict(monaco_dataset, tmp_path):
     import torchvision
 
     from gjp.dataset.pack import pack_dataset
+    from gjp.embedders.embed import embed
     from gjp.errors import GjpError
     from gjp.imagery.chips import import_chips
-    from gjp.embedders.embed import embed
 
     chips = tmp_path / "chips"
     chips.mkdir()

@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 from rasterio.warp import transform_bounds
+from rasters import utm_naip
+from servers import LAST_MODIFIED, Server
 
 from gjp import grid, net
 from gjp.cli import main
@@ -23,8 +25,6 @@ from gjp.fetch.geofabrik import fetch_osm, find_region
 from gjp.fetch.naip import fetch_naip, quarter_quad
 from gjp.imagery.chips import tile_rasters
 from gjp.osm.tiling import tile_osm
-from rasters import utm_naip
-from servers import LAST_MODIFIED, Server
 
 MONACO_PATH = "/europe/monaco-latest.osm.pbf"
 
@@ -263,7 +263,8 @@ def test_a_dropped_download_resumes_or_leaves_nothing(geofabrik, tmp_path, capsy
 
 BAD_INDEXES = {
     "an HTML page": ("<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "got an HTML page, not JSON"),
-    "truncated JSON": ('{"type": "FeatureCollection", "features": [{"type": "Feat', "invalid JSON: Unterminated string starting at: line 1"),
+    "truncated JSON": ('{"type": "FeatureCollection", "features": [{"type": "Feat',
+                       "invalid JSON: Unterminated string starting at: line 1"),
     "no features": ('{"type": "FeatureCollection"}', "no 'features' list"),
     "features not a list": ('{"features": {"monaco": {}}}', "no 'features' list"),
     "no regions": ('{"features": []}', "no region with a .osm.pbf URL"),

@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 import shapely
+from naive_visibility import naive_visibility_edges, nearest_first_visibility_edges
 
 from gjp.geometry.minbox import min_boxes, unit_hash
 from gjp.geometry.visibility import entity_graphs, visibility_edges
-from naive_visibility import naive_visibility_edges, nearest_first_visibility_edges
 
 
 def boxes(geoms, min_side=0.0, unit=None):

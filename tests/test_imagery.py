@@ -12,11 +12,11 @@ import rasterio
 import shapely
 from PIL import Image
 from rasterio.warp import transform_geom
+from rasters import tile_aligned, utm_naip
 
 from gjp import grid
 from gjp.errors import GjpError
 from gjp.imagery.chips import classify_inputs, import_chips, mercator_bounds, tile_rasters
-from rasters import tile_aligned, utm_naip
 
 ND_TIF = Path(__file__).parents[1] / "examples" / "data" / "naip_nd_m_4709963_se_14_1_20200831_5m.tif"
 NAIP_CHIPS = Path(__file__).parent / "data" / "naip_z16"

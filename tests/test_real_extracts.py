@@ -8,13 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import shapely
+from naive_visibility import naive_visibility_edges
 
 from gjp import grid
 from gjp.geometry.minbox import bbox
 from gjp.geometry.simplify import simplify
 from gjp.geometry.visibility import visibility
 from gjp.osm.tiling import tile_osm
-from naive_visibility import naive_visibility_edges
 
 STEPS = ("tiles", "simplified", "boxed", "graphs")
 

@@ -6,7 +6,7 @@ import pytest
 
 from gjp.dataset.format import read_vocabulary
 from gjp.errors import GjpError
-from gjp.tag_embeddings import entry_text, load_model, read_tag_embeddings, embed_tags
+from gjp.tag_embeddings import embed_tags, entry_text, load_model, read_tag_embeddings
 
 DESCRIPTIONS = "key,value,description\namenity,,Facilities for visitors and residents\namenity,parking,A place to park cars\n"
 

@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from gjp import __version__, grid
-from gjp.dataset.format import (DEFAULT_MIN_TAG_COUNT, FORMAT, FORMAT_VERSION, Vocabulary, encode_strings,
-                                read_vocabulary, write_dataset)
+from gjp.dataset.format import (
+    DEFAULT_MIN_TAG_COUNT,
+    FORMAT,
+    FORMAT_VERSION,
+    Vocabulary,
+    encode_strings,
+    read_vocabulary,
+    write_dataset,
+)
 from gjp.errors import GjpError
 from gjp.geoparquet import list_group_files, read_group_file
 from gjp.io import check_output_free, command_line, json_metadata, parquet_schema, read_parquet

@@ -20,9 +20,10 @@ class EmbedStepReport:
     dim: int
     skipped: int
     output: Path
+    model: str = ""
 
-    def summary(self, model: str) -> str:
-        text = f"{model}: {self.tiles} tile embeddings of {self.dim} dims -> {self.output}"
+    def summary(self) -> str:
+        text = f"{self.model}: {self.tiles} tile embeddings of {self.dim} dims -> {self.output}"
         return text + (f" ({self.skipped} tiles without an image skipped)" if self.skipped else "")
 
 
@@ -53,4 +54,4 @@ def embed(model: str, dataset: str | Path = "dataset.h5", output: str | Path | N
                      params=result.params, entity_offsets=result.entity_offsets,
                      entity_vectors=result.entity_vectors, entity_osm_type=result.entity_osm_type,
                      entity_osm_id=result.entity_osm_id, overwrite=overwrite)
-    return EmbedStepReport(len(result.names), int(result.vectors.shape[1]), result.skipped, output)
+    return EmbedStepReport(len(result.names), int(result.vectors.shape[1]), result.skipped, output, model)

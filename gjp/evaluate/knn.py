@@ -13,6 +13,7 @@ import base64
 import html
 import tomllib
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -224,9 +225,27 @@ def tile_categories(dataset: str | Path, names: list[str], categories: dict[str,
     return out
 
 
+@dataclass
+class RetrievalReport:
+    path: Path      # the result file
+    result: dict    # what it holds
+
+    def table(self) -> str:
+        """Per category: tiles, precision@k and chance, as TSV (the command's output)."""
+        r = self.result
+        rows = [f"{name}\t{c['tiles']}\t{c['precision']:.3f}\t(chance {c['chance']:.3f})"
+                for name, c in sorted(r["categories"].items())]
+        return "\n".join([*rows, f"mean\t\t{r['precision_mean']:.3f}\t(chance {r['chance_mean']:.3f})"])
+
+    def summary(self) -> str:
+        r = self.result
+        return (f"{r['model']}: retrieval precision@{r['k']} {r['precision_mean']:.3f} over "
+                f"{len(r['categories'])} categories (chance {r['chance_mean']:.3f}) -> {self.path}")
+
+
 def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None, *, k: int = 8,
                        metric: str = "cosine", categories: str | Path | None = None,
-                       output_dir: str | Path = "results", overwrite: bool = False) -> tuple[Path, dict]:
+                       output_dir: str | Path = "results", overwrite: bool = False) -> RetrievalReport:
     """Precision@k that a tile's neighbours share its category, averaged over every tile
     of each category with at least k + 1 tiles; written to ``results/MODEL__knn.json``."""
     emb = read_embeddings(embeddings)
@@ -252,7 +271,7 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
               "chance_mean": float(np.mean([c["chance"] for c in per_category.values()])),
               "gjp_version": __version__, "command": command_line()}
     write_json(path, result, overwrite)
-    return path, result
+    return RetrievalReport(path, result)
 
 
 # --------------------------------------------------------------------------- gallery

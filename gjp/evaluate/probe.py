@@ -106,9 +106,20 @@ def metrics(pred: np.ndarray, truth: np.ndarray, binary: bool) -> dict:
     return out
 
 
+@dataclass
+class ProbeReport:
+    path: Path      # the result file
+    result: dict    # what it holds
+
+    def summary(self) -> str:
+        r, n = self.result, self.result["n"]
+        return (f"{r['model']} on {r['task']} ({r['head']}): test MAE {r['test_mae_mean']:.4g} ± "
+                f"{r['test_mae_sd']:.2g} (dummy {r['dummy']['test_mae']:.4g}; n = {n['train']}/{n['val']}/{n['test']})")
+
+
 def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path = "results", *,
           config: ProbeConfig | None = None, overwrite: bool = False,
-          reporter: Reporter = QUIET) -> tuple[Path, dict]:
+          reporter: Reporter = QUIET) -> ProbeReport:
     """Run the probe over ``config.seeds`` seeds and write ``results/MODEL__TASK__HEAD.json``."""
 
     config = config or ProbeConfig()
@@ -160,4 +171,4 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
         "gjp_version": __version__, "command": command_line(),
     }
     write_json(path, result, overwrite)
-    return path, result
+    return ProbeReport(path, result)

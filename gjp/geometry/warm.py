@@ -42,7 +42,8 @@ _OSM = """<?xml version="1.0" encoding="UTF-8"?>
  <way id="100" version="1"><nd ref="2"/><nd ref="3"/><nd ref="4"/><nd ref="5"/><tag k="highway" v="footway"/></way>
  <way id="101" version="1"><nd ref="10"/><nd ref="11"/><nd ref="12"/><nd ref="13"/><nd ref="10"/></way>
  <way id="102" version="1"><nd ref="20"/><nd ref="21"/><nd ref="22"/><nd ref="23"/><nd ref="20"/></way>
- <way id="103" version="1"><nd ref="30"/><nd ref="31"/><nd ref="32"/><nd ref="30"/><tag k="junction" v="roundabout"/><tag k="highway" v="primary"/></way>
+ <way id="103" version="1"><nd ref="30"/><nd ref="31"/><nd ref="32"/><nd ref="30"/>
+  <tag k="junction" v="roundabout"/><tag k="highway" v="primary"/></way>
  <relation id="200" version="1">
   <member type="way" ref="101" role="outer"/><member type="way" ref="102" role="inner"/>
   <tag k="type" v="multipolygon"/><tag k="building" v="yes"/>

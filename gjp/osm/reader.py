@@ -50,7 +50,7 @@ class ReadReport:
     relations_repaired: int = 0    # other relations with some members missing
     relations_skipped: int = 0     # other relations with no member present
 
-    def add(self, other: "ReadReport") -> None:
+    def add(self, other: ReadReport) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 

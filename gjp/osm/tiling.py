@@ -16,8 +16,8 @@ entity count per tile, and written as one GeoParquet file per group.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +29,9 @@ from gjp import grid
 from gjp.errors import GjpError
 from gjp.geoparquet import BASE_SCHEMA, BBOX_FIELDS, FORMAT, FORMAT_VERSION, write_group_file
 from gjp.io import atomic_directory, provenance
-from gjp.parallel import map_jobs
 from gjp.kinds import COLLECTION, KINDS, OSM_TYPES
 from gjp.osm.reader import NODE_INDEX_TYPES, Entities, ReadReport, read_osm
+from gjp.parallel import map_jobs
 from gjp.sniff import OSM_FORMATS, sniff
 from gjp.tagfilter import TagFilter
 from gjp.ui import QUIET, Reporter

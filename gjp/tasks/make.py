@@ -41,6 +41,7 @@ LABELS_SCHEMA = pa.schema([("tile", pa.string()), ("group", pa.string()), ("labe
 
 @dataclass
 class TaskReport:
+    name: str = ""
     tiles: int = 0
     labelled: int = 0
     dropped_unparsed: int = 0
@@ -50,8 +51,8 @@ class TaskReport:
     masked_tags: int = 0
     dropped_entities: int = 0
 
-    def summary(self, name: str) -> str:
-        text = (f"{name}: {self.kept} tiles labelled ({self.pruned_zero} zero-label tiles pruned, "
+    def summary(self) -> str:
+        text = (f"{self.name}: {self.kept} tiles labelled ({self.pruned_zero} zero-label tiles pruned, "
                 f"{self.dropped_unparsed + self.dropped_missing} without a label dropped, of {self.tiles})")
         if self.masked_tags:
             text += f"; masked {self.masked_tags} tags, dropping {self.dropped_entities} entities left without tags"
@@ -181,7 +182,7 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     splits = Path(splits) if splits is not None else output.parent / "splits.csv"
     check_output_free(output, overwrite, directory=True)
     tags = RawTags(dataset)
-    report = TaskReport(tiles=len(tags.tile_names))
+    report = TaskReport(name=name, tiles=len(tags.tile_names))
     labels, labelled, counts = tile_labels(spec, tags)
     report.dropped_unparsed, report.dropped_missing = counts["dropped_unparsed"], counts["dropped_missing"]
     labels = np.clip(labels, *spec.clamp)
