@@ -113,13 +113,19 @@ def check_output_free(path: str | Path, overwrite: bool, directory: bool = False
     check_output_path(path, overwrite, directory)
 
 
-def _make_parent(path: Path) -> Path:
+def _make_parent(path: Path) -> tuple[Path, Path | None]:
+    """Create the output's parent directory; returns it and the topmost directory this
+    created (None if it existed), so that a failed run can take them away again."""
     parent = path.parent if str(path.parent) else Path(".")
+    created = None
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        created, probe = probe, probe.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise GjpError(f"{parent}: cannot create output directory ({reason(err)})") from err
-    return parent
+    return parent, created
 
 
 class _Staging:
@@ -127,13 +133,17 @@ class _Staging:
 
     def __init__(self, final: Path, directory: bool):
         self.final = final
-        self.parent = _make_parent(final)
+        self.parent, self._created = _make_parent(final)
         self.path = self.parent / f".{final.name}.partial-{os.getpid()}"
         self.directory = directory
         self._fd: int | None = None
 
     def create(self) -> Path:
-        self._refuse_concurrent_run()
+        try:
+            self._refuse_concurrent_run()
+        except GjpError:
+            self.abandon()
+            raise
         self.remove()
         try:
             if self.directory:
@@ -143,7 +153,7 @@ class _Staging:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            self.remove()
+            self.abandon()
             raise GjpError(f"{self.final}: cannot write here ({reason(err)})") from err
         return self.path
 
@@ -179,6 +189,21 @@ class _Staging:
             self._fd = None
         _remove(self.path)
 
+    def abandon(self) -> None:
+        """After a failure: the staging, and the directories made for it if still empty."""
+        self.remove()
+        if self._created is None:
+            return
+        directory = self.parent
+        while True:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            if directory == self._created:
+                return
+            directory = directory.parent
+
     def publish(self, overwrite: bool) -> None:
         """Rename into place; without ``overwrite`` never replace what appeared meanwhile."""
         try:
@@ -187,12 +212,13 @@ class _Staging:
             else:
                 _publish_file(self.path, self.final, overwrite)
         except FileExistsError:
+            self.abandon()
             raise GjpError(f"{self.final}: appeared while this run was writing it (another run?); "
                            "it was left as it is and this run's output discarded") from None
         except OSError as err:
+            self.abandon()
             raise GjpError(f"{self.final}: cannot publish the output ({reason(err)})") from err
-        finally:
-            self.remove()
+        self.remove()
 
 
 def _remove(path: Path) -> None:
@@ -253,16 +279,16 @@ def atomic_directory(final: str | Path, overwrite: bool = False):
     try:
         yield path
     except OSError as err:
-        staging.remove()
+        staging.abandon()
         _raise_if_full(err, final)
         if err.filename is None:  # pyarrow's write errors carry no file name (nor errno)
             raise GjpError(f"{final}: cannot write: {reason(err)}; nothing was written") from None
         raise
     except GjpError as err:  # name the output as the user knows it, not its staging name
-        staging.remove()
+        staging.abandon()
         raise GjpError(str(err).replace(str(path), str(final))) from None
     except BaseException:
-        staging.remove()
+        staging.abandon()
         raise
     staging.publish(overwrite)
 
@@ -287,13 +313,13 @@ def atomic_file(final: str | Path, overwrite: bool = False):
     try:
         yield path
     except OSError as err:
-        staging.remove()
+        staging.abandon()
         _raise_if_full(err, final)
         if err.filename is not None and Path(os.fsdecode(err.filename)) == path:
             raise GjpError(f"{final}: cannot write: {reason(err)}; nothing was written") from None
         raise
     except BaseException:
-        staging.remove()
+        staging.abandon()
         raise
     staging.publish(overwrite)
 
@@ -541,6 +567,22 @@ def require_datasets(f, path: str | Path, what: str, names) -> None:
         if not isinstance(f.get(name), h5py.Dataset):
             raise GjpError(f"{path}: damaged {what}: no dataset {name!r} (make it again)")
 
+def check_format(found_format, found_version, path: str | Path, fmt: str, version: int, what: str,
+                 made_by: str) -> None:
+    """The check every gjp file gets on read: its ``format`` and ``format_version``."""
+    if isinstance(found_format, bytes):
+        found_format = found_format.decode("utf-8", "replace")
+    if found_format != fmt:
+        raise GjpError(f"{path}: not a gjp {what} (format {found_format!r})")
+    try:
+        same = found_version is not None and int(found_version) == version
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        raise GjpError(f"{path}: {what} format version {found_version}, this gjp reads {version}; "
+                       f"make it again with `{made_by}`")
+
+
 def open_hdf5(path: str | Path, fmt: str, version: int, what: str, made_by: str):
     """Open a gjp HDF5 file read-only, checking that it exists, is HDF5, and carries the
     ``format`` and ``format_version`` attributes this gjp reads; clear errors otherwise."""
@@ -555,12 +597,9 @@ def open_hdf5(path: str | Path, fmt: str, version: int, what: str, made_by: str)
         f = h5py.File(path, "r")
     except OSError as err:
         raise GjpError(f"{path}: not an HDF5 file, or a damaged one") from err
-    found, found_version = f.attrs.get("format"), f.attrs.get("format_version")
-    if found != fmt:
+    try:
+        check_format(f.attrs.get("format"), f.attrs.get("format_version"), path, fmt, version, what, made_by)
+    except GjpError:
         f.close()
-        raise GjpError(f"{path}: not a gjp {what} (format {found!r})")
-    if found_version is None or int(found_version) != version:
-        f.close()
-        raise GjpError(f"{path}: {what} format version {found_version}, this gjp reads {version}; "
-                       f"make it again with `{made_by}`")
+        raise
     return f

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from gjp import grid
 from gjp.errors import GjpError
 from gjp.geoparquet import GROUP_FILE, check_group_file, list_group_files
-from gjp.io import json_metadata, parquet_schema, read_json, read_parquet
+from gjp.io import parquet_schema, read_json, read_parquet
 
 _COLUMNS = ["tile", "osm_type", "kind", "tags"]
 
@@ -171,9 +171,10 @@ def format_any(kind: str, s: dict) -> str:
 
 
 def summarize_images(directory: Path) -> dict:
-    index = directory / "index.parquet"
-    meta = json_metadata((parquet_schema(index, "image index").metadata or {}).get(b"gjp"), index, "image index")
-    rows = read_parquet(index, "image index").to_pylist()
+    from gjp.imagery.chips import read_index_metadata
+
+    meta = read_index_metadata(directory)
+    rows = read_parquet(directory / "index.parquet", "image index").to_pylist()
     return {"path": str(directory), "zoom": meta.get("zoom"), "size": meta.get("size"), "chips": len(rows),
             "full": sum(r["valid_fraction"] == 1.0 for r in rows),
             "mean_valid": float(np.mean([r["valid_fraction"] for r in rows])) if rows else 0.0,

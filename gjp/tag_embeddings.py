@@ -29,6 +29,7 @@ from gjp.dataset.format import UNKNOWN, read_vocabulary
 from gjp.errors import GjpError
 from gjp.io import (
     atomic_file,
+    check_format,
     command_line,
     json_metadata,
     read_parquet,
@@ -126,8 +127,8 @@ def read_tag_embeddings(path: str | Path) -> tuple[list[str], np.ndarray, dict]:
         raise GjpError(f"{path}: no such file (make it with `gjp embed-tags`)")
     table = read_parquet(path, "tag-embeddings file")
     meta = json_metadata((table.schema.metadata or {}).get(b"gjp"), path, "tag-embeddings")
-    if meta.get("format") != FORMAT:
-        raise GjpError(f"{path}: not a gjp tag-embeddings file")
+    check_format(meta.get("format"), meta.get("format_version"), path, FORMAT, FORMAT_VERSION,
+                 "tag-embeddings file", "gjp embed-tags")
     require_columns(table, path, "gjp tag-embeddings file",
                     {"tag": pa.types.is_string, "text": pa.types.is_string,
                      "embedding": lambda t: pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type)})

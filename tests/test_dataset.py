@@ -1,6 +1,9 @@
 """dataset.h5 (pack-h5) and the PyTorch loader."""
 
 import json
+import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -193,3 +196,43 @@ def test_images_only_dataset(tmp_path):
     assert batch["padding_mask"].all() and batch["has_image"].all() and batch["graph"].x.shape == (0, 2)
     with pytest.raises(GjpError, match="nothing to pack"):
         pack_dataset(None, tmp_path / "none.h5")
+
+
+def test_the_loader_imports_none_of_the_preprocessing_stack():
+    """Training code (and every spawned loader worker) pays for torch, h5py and numpy only."""
+    code = ("import sys, gjp.dataset.loader; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'osmium', 'numba', 'shapely', 'pyarrow', "
+            "'rasterio', 'pyproj', 'sentence_transformers'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_used_dataset_pickles_for_spawned_workers(monaco_dataset):
+    """Spawn/forkserver workers receive the dataset pickled, after the parent has read from it."""
+    _, _, path = monaco_dataset
+    ds = TileDataset(path)
+    first = ds[0]
+    assert ds._file is not None  # the parent has a handle open now
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._file is None and ds._file is not None
+    again = clone[0]
+    assert again.name == first.name and np.array_equal(again.nodes, first.nodes)
+    ctx = torch.multiprocessing.get_context("spawn")
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, collate_fn=collate_tiles, num_workers=1,
+                                         multiprocessing_context=ctx)
+    assert [n for batch in loader for n in batch["names"]] == ds.names
+
+
+def test_the_chip_size_comes_from_the_dataset(tmp_path):
+    """Nothing assumes 224 px: chips of another size pack and batch at their own size."""
+    from gjp.imagery.chips import import_chips
+
+    chips = tmp_path / "chips"
+    chips.mkdir()
+    for x in (100, 101):
+        Image.fromarray(np.full((64, 64, 4), 200, np.uint8), mode="RGBA").save(chips / f"16_{x}_200.png")
+    import_chips(sorted(chips.glob("*.png")), tmp_path / "images", size=64)
+    pack_dataset(None, tmp_path / "chips.h5", images_dir=tmp_path / "images")
+    ds = TileDataset(tmp_path / "chips.h5", images=True)
+    batch = collate_tiles([ds[0], ds[1]])
+    assert tuple(batch["image"].shape) == (2, 3, 64, 64) and batch["image_valid"].all()

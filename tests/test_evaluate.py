@@ -24,7 +24,8 @@ def synthetic_task(tmp_path, x, y, name="synthetic", clamp=(-1e9, 1e9)):
     task.mkdir()
     pq.write_table(pa.table({"tile": tiles, "group": tiles, "label": y.astype(float), "split": list(split)}),
                    task / "labels.parquet")
-    (task / "task.json").write_text(json.dumps({"task": name, "masked": False, "clamp": list(clamp)}))
+    (task / "task.json").write_text(json.dumps({"format": "gjp-task", "format_version": 1, "task": name,
+                                                "masked": False, "clamp": list(clamp)}))
     (task / "stats.json").write_text("{}")
     write_embeddings(tmp_path / f"{name}.h5", tiles, x, model="synthetic", dataset="none")
     return task, tmp_path / f"{name}.h5"
@@ -120,7 +121,7 @@ def test_tagpool_is_the_mean_and_max_of_tag_vectors(monaco_dataset, tmp_path):
     import h5py
 
     from gjp.embedders.baselines import tagcount, tagpool
-    from gjp.tag_embeddings import FORMAT
+    from gjp.tag_embeddings import FORMAT, FORMAT_VERSION
 
     _, _, dataset = monaco_dataset
     with h5py.File(dataset) as f:
@@ -133,7 +134,8 @@ def test_tagpool_is_the_mean_and_max_of_tag_vectors(monaco_dataset, tmp_path):
     path = tmp_path / "tags.parquet"
     pq.write_table(pa.table({"tag": vocab, "text": vocab,
                              "embedding": pa.FixedSizeListArray.from_arrays(pa.array(table.ravel()), 6)})
-                   .replace_schema_metadata({b"gjp": json.dumps({"format": FORMAT, "model": "test"}).encode()}), path)
+                   .replace_schema_metadata({b"gjp": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                              "model": "test"}).encode()}), path)
     result = tagpool(dataset, tag_embeddings=path)
     counts = tagcount(dataset)
     for t in (0, 5, len(tile_offsets) - 2):

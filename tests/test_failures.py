@@ -497,3 +497,31 @@ def test_later_steps_are_byte_identical_across_runs(pristine, tmp_path):
     assert outputs["a"].keys() == outputs["b"].keys() and len(outputs["a"]) == 4
     for rel in outputs["a"]:
         assert outputs["a"][rel] == outputs["b"][rel], rel
+
+
+def test_a_failed_mktask_leaves_no_splits_and_no_tasks_directory(ws):
+    """splits.csv is written last, and the directories made for the outputs go too."""
+    shutil.rmtree(ws / "tasks")
+    before = snapshot(ws)
+    proc = gjp_process(["-q", "mktask", "bridge", "--masked"], ws,
+                       preexec_fn=_file_size_limit((ws / "dataset.h5").stat().st_size // 3))
+    _, err = proc.communicate(timeout=300)
+    assert_one_line_error(proc.returncode, err, "tasks/bridge-masked/dataset.h5", "nothing was written")
+    assert snapshot(ws) == before
+    assert run(["-q", "mktask", "bridge", "--masked"], ws)[0] == 0  # and the same run works with room
+    assert (ws / "tasks" / "splits.csv").exists()
+
+
+def test_info_works_on_every_output(pristine):
+    """`gjp info` on each kind of file the pipeline writes, told apart by content."""
+    result = next((pristine / "results").glob("*.json")).relative_to(pristine)
+    expect = {"graphs/": "gjp tile groups", "tiles/": "gjp tile groups", "dataset.h5": "gjp dataset",
+              "tasks/building_count": "task building_count", "tag-embeddings.parquet": "tag embeddings",
+              "embeddings/tagcount.h5": "tile embeddings of", "results/": "1 results",
+              str(result): "test MAE"}
+    for path, words in expect.items():
+        code, out, err = run(["info", path], pristine)
+        assert code == 0, (path, err)
+        assert words in out, (path, out)
+        code, out, _ = run(["info", path, "--json"], pristine)
+        assert code == 0 and json.loads(out)

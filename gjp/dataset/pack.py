@@ -26,7 +26,7 @@ from gjp.dataset.format import (
 )
 from gjp.errors import GjpError
 from gjp.geoparquet import list_group_files, read_group_file
-from gjp.io import check_output_free, command_line, json_metadata, parquet_schema, read_parquet
+from gjp.io import check_output_free, command_line, read_parquet
 from gjp.kinds import KINDS, OSM_TYPES
 from gjp.ui import QUIET, Reporter
 
@@ -90,18 +90,11 @@ class _ImageIndex:
 
 
 def _read_image_index(images_dir: Path) -> _ImageIndex:
-    index = images_dir / "index.parquet"
-    if not index.exists():
-        raise GjpError(f"{images_dir}: no index.parquet (make it with `gjp tile RASTER… -o {images_dir}`)")
-    meta = json_metadata((parquet_schema(index, "image index").metadata or {}).get(b"gjp"), index, "image index")
-    if meta.get("format") != "gjp-images":
-        raise GjpError(f"{index}: not a gjp image index")
-    try:
-        zoom, size = int(meta["zoom"]), int(meta["size"])
-    except (KeyError, TypeError, ValueError):
-        raise GjpError(f"{index}: damaged image index metadata (no zoom or size)") from None
-    table = read_parquet(index, "image index", columns=["tile"])
-    return _ImageIndex(images_dir, sorted(table.column("tile").to_pylist()), zoom, size)
+    from gjp.imagery.chips import read_index_metadata
+
+    meta = read_index_metadata(images_dir)
+    table = read_parquet(images_dir / "index.parquet", "image index", columns=["tile"])
+    return _ImageIndex(images_dir, sorted(table.column("tile").to_pylist()), meta["zoom"], meta["size"])
 
 
 def pack_dataset(graphs_dir: str | Path | None = "graphs", output: str | Path = "dataset.h5", *,

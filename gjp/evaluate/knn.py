@@ -21,6 +21,8 @@ import numpy as np
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
+from gjp.evaluate.score import FORMAT as RESULT_FORMAT
+from gjp.evaluate.score import FORMAT_VERSION as RESULT_VERSION
 from gjp.io import check_output_free, command_line, json_metadata, read_text, write_json, write_text
 
 METRICS = ("cosine", "euclidean")
@@ -265,7 +267,8 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
                               "chance": float((len(rows) - 1) / (len(emb.names) - 1))}
     if not per_category:
         raise GjpError(f"{dataset}: no category has {k + 1} tiles or more to evaluate (see --categories)")
-    result = {"model": emb.model, "embeddings": str(embeddings), "task": "knn", "kind": "retrieval", "k": k,
+    result = {"format": RESULT_FORMAT, "format_version": RESULT_VERSION,
+              "model": emb.model, "embeddings": str(embeddings), "task": "knn", "kind": "retrieval", "k": k,
               "metric": metric, "categories": per_category, "too_small": skipped,
               "precision_mean": float(np.mean([c["precision"] for c in per_category.values()])),
               "chance_mean": float(np.mean([c["chance"] for c in per_category.values()])),

@@ -21,6 +21,8 @@ import numpy as np
 from gjp import __version__
 from gjp.embeddings import read_embeddings
 from gjp.errors import GjpError
+from gjp.evaluate.score import FORMAT as RESULT_FORMAT
+from gjp.evaluate.score import FORMAT_VERSION as RESULT_VERSION
 from gjp.io import check_output_free, command_line, write_json
 from gjp.tasks.files import read_task
 from gjp.ui import QUIET, Reporter
@@ -161,6 +163,7 @@ def probe(embeddings: str | Path, task_dir: str | Path, output_dir: str | Path =
             summary[f"{split}_{key}_mean"] = float(values.mean())
             summary[f"{split}_{key}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     result = {
+        "format": RESULT_FORMAT, "format_version": RESULT_VERSION,
         "model": emb.model, "embeddings": str(embeddings), "task": task_name,
         "task_dir": str(task_dir), "head": config.head, "seeds": list(range(config.seeds)),
         "config": config.__dict__, "binary": binary,

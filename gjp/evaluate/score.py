@@ -15,7 +15,10 @@ import math
 from pathlib import Path
 
 from gjp.errors import GjpError
-from gjp.io import read_json
+from gjp.io import check_format, read_json
+
+#: Every result file (``gjp probe``, ``gjp knn --eval``) carries these.
+FORMAT, FORMAT_VERSION = "gjp-result", 1
 
 
 def load_results(paths: list[Path]) -> tuple[list[dict], list[dict]]:
@@ -24,6 +27,8 @@ def load_results(paths: list[Path]) -> tuple[list[dict], list[dict]]:
     probes, retrieval, seen = [], [], {}
     for path in paths:
         data = read_json(path, "results file")
+        check_format(data.get("format"), data.get("format_version"), path, FORMAT, FORMAT_VERSION, "results file",
+                     "gjp probe` or `gjp knn --eval")
         if data.get("kind") == "retrieval":
             _require(path, data, {"model": str, "precision_mean": float})
             key = (data["model"], "knn")

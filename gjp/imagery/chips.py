@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from gjp import grid
 from gjp.errors import GjpError
-from gjp.io import atomic_directory, provenance
+from gjp.io import atomic_directory, check_format, json_metadata, parquet_schema, provenance
 from gjp.parallel import map_jobs
 from gjp.sniff import IMAGE_KINDS, sniff
 from gjp.ui import QUIET, Reporter
@@ -256,6 +256,21 @@ def tile_rasters(inputs: list[Path], output_dir: str | Path = "images", *, zoom:
                            f"(≥ --min-coverage {min_coverage})")
         write_index(staging, rows, {"zoom": zoom, "size": size}, provenance("tile", params))
     return report
+
+
+def read_index_metadata(images_dir: Path) -> dict:
+    """The ``gjp`` metadata of ``images_dir/index.parquet`` (zoom, size, steps), checked:
+    the file exists, is Parquet, and is a gjp image index of the version this gjp reads."""
+    index = Path(images_dir) / "index.parquet"
+    if not index.exists():
+        raise GjpError(f"{images_dir}: no index.parquet (make it with `gjp tile RASTER… -o {images_dir}`)")
+    meta = json_metadata((parquet_schema(index, "image index").metadata or {}).get(b"gjp"), index, "image index")
+    check_format(meta.get("format"), meta.get("format_version"), index, FORMAT, FORMAT_VERSION, "image index",
+                 "gjp tile RASTER… -o images/")
+    for key in ("zoom", "size"):
+        if not isinstance(meta.get(key), int):
+            raise GjpError(f"{index}: damaged image index metadata (no {key})")
+    return meta
 
 
 def write_index(out_dir: Path, rows: list[dict], grid_params: dict, step: dict) -> None:

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from gjp.errors import GjpError
-from gjp.io import read_json, read_parquet, require_columns
+from gjp.io import check_format, read_json, read_parquet, require_columns
 
 SPLITS = ("train", "val", "test")
+#: ``task.json`` carries these.
+FORMAT, FORMAT_VERSION = "gjp-task", 1
 _INFO_KEYS = {"task": str, "masked": bool}
 
 
@@ -38,6 +40,8 @@ def read_task_info(task_dir: str | Path) -> dict:
     if not task_dir.is_dir() or not path.exists():
         raise GjpError(f"{task_dir}: not a task directory (no task.json; make one with `gjp mktask`)")
     info = read_json(path, "task description")
+    check_format(info.get("format"), info.get("format_version"), path, FORMAT, FORMAT_VERSION, "task description",
+                 "gjp mktask")
     for key, kind in _INFO_KEYS.items():
         if not isinstance(info.get(key), kind):
             raise GjpError(f"{path}: damaged task description (no {kind.__name__} {key!r})")

@@ -27,8 +27,10 @@ from gjp import __version__
 from gjp.dataset.format import read_vocabulary
 from gjp.dataset.tags import RawTags
 from gjp.errors import GjpError
-from gjp.io import atomic_directory, atomic_file, check_output_free, command_line
+from gjp.io import atomic_directory, atomic_file, check_output_free, command_line, write_json
 from gjp.kinds import KINDS
+from gjp.tasks.files import FORMAT as TASK_FORMAT
+from gjp.tasks.files import FORMAT_VERSION as TASK_VERSION
 from gjp.tasks.spec import TaskSpec
 from gjp.tasks.speed import parse_number, parse_speed
 from gjp.ui import QUIET, Reporter
@@ -204,7 +206,8 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     rows = {"tile": [tags.tile_names[i] for i in kept], "group": [tags.groups[i] for i in kept],
             "label": labels[kept], "split": [split_of[tags.groups[i]] for i in kept]}
     stats = task_stats(spec, rows, report, masked, seed)
-    task_info = {"task": spec.name, "masked": masked, "rule": spec.rule, "clamp": list(spec.clamp),
+    task_info = {"format": TASK_FORMAT, "format_version": TASK_VERSION,
+                 "task": spec.name, "masked": masked, "rule": spec.rule, "clamp": list(spec.clamp),
                  "seed": seed, "gjp_version": __version__, "command": command_line(),
                  "source_dataset": str(dataset.resolve()), "splits": str(splits)}
     previous_splits = splits.read_bytes() if splits_changed and splits.exists() else None
@@ -220,8 +223,8 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
             else:
                 task_info["dataset"] = os.path.relpath(dataset.resolve(), output.resolve().parent / output.name)
             (staging / "spec.toml").write_text(spec.source, encoding="utf-8")
-            (staging / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True), encoding="utf-8")
-            (staging / "task.json").write_text(json.dumps(task_info, indent=2, sort_keys=True), encoding="utf-8")
+            write_json(staging / "stats.json", stats)
+            write_json(staging / "task.json", task_info)
             if splits_changed:  # the shared table last, and undone below if publishing fails
                 write_splits(splits, split_of)
                 splits_written = True
