@@ -18,7 +18,7 @@ install: $(STAMP)
 # torch/torchvision first, pinned to the builds this project is developed with (later
 # issues' model steps need them); then gjp itself, editable, with the test tools; then its
 # numba kernels compiled into the install's own cache, so that the first `gjp simplify`,
-# `bbox` and `visibility` do not spend 10-30 s compiling (docs/PERFORMANCE_COLDSTART.md).
+# `bbox` and `visibility` do not spend 10-30 s compiling (docs/PERFORMANCE.md, "Cold start").
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
