@@ -26,6 +26,7 @@ import requests
 
 from gjp import __version__
 from gjp.errors import GjpError
+from gjp.io import write_json
 from gjp.ui import QUIET, Reporter
 
 USER_AGENT = f"gjp/{__version__} (python-requests)"
@@ -356,9 +357,7 @@ def _read_state(path: Path) -> dict | None:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state), encoding="utf-8")
-    os.replace(tmp, path)  # atomic: a reader sees the old state or the new one, never half
+    write_json(path, state, overwrite=True)  # atomic: a reader sees the old state or the new one
 
 
 def _head(path: Path) -> bytes:

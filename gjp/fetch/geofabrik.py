@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from gjp.errors import GjpError
+from gjp.io import write_text
 from gjp.net import Check, Download, download, fetch_text, session
 from gjp.ui import QUIET, Reporter
 
@@ -64,10 +65,7 @@ def _read_index(index_url: str, cache: Path | None, refresh: bool) -> tuple[list
 def _cache_index(cache: Path | None, text: str) -> None:
     if cache is None:
         return
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(cache)
+    write_text(cache, text, overwrite=True)  # a refreshed index replaces the old one
 
 
 def parse_index(text: str, source: str) -> list[Region]:
