@@ -190,3 +190,19 @@ def test_nobody_with_no_home_and_a_read_only_install_runs_simplify(tmp_path):
     assert not (work / "gjp-numba-65534").exists()
     assert _local_column(work / "warm-out") == _local_column(tmp_path / "by-root")
     np.testing.assert_equal(len(_local_column(work / "warm-out")), 1)
+
+
+def test_every_kernel_uses_the_gjp_cache():
+    """gjp.jit plugs its cache class into numba's dispatcher (numba has no public hook for a
+    read-only warmed cache). If a numba release moves those internals, gjp still runs,
+    uncached; this test is what notices, naming the numba version."""
+    import numba
+
+    from gjp import jit
+    from gjp.geometry import warm
+
+    kernels = warm.kernels()
+    assert kernels
+    for name, dispatcher in kernels.items():
+        assert jit._CACHE_CLASS is not None and isinstance(dispatcher._cache, jit._CACHE_CLASS), (
+            f"{name}: numba {numba.__version__} no longer takes gjp's cache class; gjp.jit needs updating")
