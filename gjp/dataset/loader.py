@@ -17,10 +17,10 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from gjp.dataset.format import NAIP_MEAN, NAIP_STD, open_dataset
+from gjp.dataset.graphs import EntityGraphs
 
 #: Modality ids of the tokens a model builds from a batch.
 MODALITY_PAD, MODALITY_ENTITY, MODALITY_IMAGE = 0, 1, 2
-EDGE_GEOMETRY, EDGE_VISIBILITY = 0, 1
 
 
 @dataclass
@@ -41,6 +41,11 @@ class TileSample:
     visibility_offsets: np.ndarray
     image: np.ndarray | None = None   # [S, S, 3] uint8 (S: the dataset's chip size)
     image_valid: np.ndarray | None = None
+
+    @property
+    def graphs(self) -> EntityGraphs:
+        return EntityGraphs(self.nodes, self.node_offsets, self.geometry_edges, self.geometry_offsets,
+                            self.visibility_edges, self.visibility_offsets)
 
 
 class TileDataset(Dataset):
@@ -147,16 +152,6 @@ class LengthGroupedBatchSampler(Sampler):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
-def _graph_batch_class():
-    import warnings
-
-    with warnings.catch_warnings():
-        # torch-geometric's import uses torch.jit.script, which torch now flags as deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        from torch_geometric.data import Batch
-    return Batch
-
-
 def collate_tiles(samples: list[TileSample]) -> dict:
     """Pad a list of tiles into a batch.
 
@@ -173,7 +168,6 @@ def collate_tiles(samples: list[TileSample]) -> dict:
     dataset's chip size; normalised with the NAIP statistics), ``image_valid [B,S,S]`` and
     ``has_image [B]``.
     """
-    Batch = _graph_batch_class()
     b = len(samples)
     counts = np.array([len(s.kind) for s in samples], dtype=np.int64)
     total = int(counts.sum())
@@ -194,23 +188,7 @@ def collate_tiles(samples: list[TileSample]) -> dict:
 
     tag_ids = np.concatenate([s.tag_ids for s in samples]).astype(np.int64)
     tag_offsets = starts("tag_offsets", lambda s: s.tag_offsets[-1])
-    nodes = np.concatenate([s.nodes for s in samples]).reshape(-1, 2)
-    node_start = starts("node_offsets", lambda s: s.node_offsets[-1])
-    node_counts = np.concatenate([np.diff(s.node_offsets) for s in samples]).astype(np.int64)
-    node_batch = np.repeat(np.arange(total), node_counts)
-    edge_parts, type_parts = [], []
-    for edges_field, offsets_field, edge_type in (("geometry_edges", "geometry_offsets", EDGE_GEOMETRY),
-                                                  ("visibility_edges", "visibility_offsets", EDGE_VISIBILITY)):
-        local = np.concatenate([getattr(s, edges_field) for s in samples]).reshape(-1, 2).astype(np.int64)
-        per_entity = np.concatenate([np.diff(getattr(s, offsets_field)) for s in samples]).astype(np.int64)
-        glob = local + node_start[np.repeat(np.arange(total), per_entity)][:, None]  # entity-local → batch
-        edge_parts += [glob, glob[:, ::-1]]  # both directions
-        type_parts.append(np.full(2 * len(glob), edge_type))
-    edge_index = np.ascontiguousarray(np.concatenate(edge_parts).T)
-    graph = Batch(x=torch.from_numpy(nodes), edge_index=torch.from_numpy(edge_index),
-                  edge_type=torch.from_numpy(np.concatenate(type_parts).astype(np.int64)),
-                  batch=torch.from_numpy(node_batch))
-    graph.ptr = torch.from_numpy(np.concatenate([[0], np.cumsum(node_counts)]))
+    graph = EntityGraphs.concat([s.graphs for s in samples]).batch()
 
     padding = torch.from_numpy(padding)
     out = {"tile_index": torch.tensor([s.index for s in samples]), "names": [s.name for s in samples],

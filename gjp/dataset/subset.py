@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from gjp.dataset.format import Vocabulary, open_dataset, write_dataset
+from gjp.dataset.graphs import gather
 from gjp.io import command_line
 from gjp.ui import QUIET, Reporter
 
@@ -18,16 +19,6 @@ _TAG_ARRAYS = ("entities/tag_ids", "entities/tag_key_ids", "entities/tag_value_i
 _GRAPH_CSR = (("graph/node_offsets", ("graph/nodes", "graph/node_part")),
               ("graph/geometry_edge_offsets", ("graph/geometry_edges",)),
               ("graph/visibility_edge_offsets", ("graph/visibility_edges",)))
-
-
-def gather(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR rows ``rows``: the indices of their items in the flat array, and new offsets."""
-    starts = offsets[rows]
-    lengths = offsets[rows + 1] - starts
-    new_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_offsets[1:])
-    index = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-    return index.astype(np.int64), new_offsets
 
 
 class _SourceImages:
