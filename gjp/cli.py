@@ -453,9 +453,58 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
     click.echo(str(output))
 
 
+@cli.command("pretrain")
+@click.option("--model", "model", type=click.Choice(["polygnn"]), required=True,
+              help="What to pretrain: polygnn, the geometry encoder (GeoJEPA itself comes next).")
+@click.option("--pretext", type=click.Choice(["digits", "osm"]), default="digits", show_default=True,
+              help="digits: Digits-P-2 classification; osm: shape descriptors of a dataset's own entities.")
+@click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"),
+              show_default=True, help="--pretext osm: the dataset whose entity graphs to learn from.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="The run directory [default: runs/polygnn-PRETEXT].")
+@click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
+              help="Encoder size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, low_open=True), default=3e-3, show_default=True, help="Peak learning rate.")
+@click.option("--n-per-class", type=click.IntRange(min=1), default=40, show_default=True,
+              help="--pretext digits: training samples per class (val and test get an eighth).")
+@click.option("--max-entities", type=click.IntRange(min=1), default=20000, show_default=True,
+              help="--pretext osm: a seeded sample of at most this many entities.")
+@click.option("--no-spanning-tree", is_flag=True, help="Train on whole graphs (no random-spanning-tree augmentation).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@common
+def pretrain_cmd(model, pretext, dataset, output, preset, epochs, batch_size, lr, n_per_class, max_entities,
+                 no_spanning_tree, seed, device, overwrite, quiet):
+    """Pretrain a model and write runs/NAME/ (config.json, model.pt, metrics.jsonl).
+
+    polygnn: the geometry encoder (a PolygonGNN-style graph network over each entity's
+    vertices, geometry and visibility edges), trained on Digits-P-2 (two handwritten
+    digits as one multipolygon, 90 classes) or on a dataset's own entities (kind and shape
+    descriptors). The weights of the best validation epoch are kept; the test split is
+    scored once with them.
+
+    \b
+    Example:
+      gjp pretrain --model polygnn --pretext digits -o runs/polygnn-digits/
+      gjp pretrain --model polygnn --pretext osm -i dataset.h5 --epochs 10
+    """
+    from gjp.pretrain.polygnn import PolygnnTrainConfig, pretrain_polygnn
+
+    reporter = _reporter(quiet)
+    config = PolygnnTrainConfig(pretext=pretext, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
+                                spanning_tree=not no_spanning_tree, seed=seed, n_per_class=n_per_class,
+                                dataset=str(dataset), max_entities=max_entities)
+    output = output or Path("runs") / f"polygnn-{pretext}"
+    report = pretrain_polygnn(output, config, device=device, overwrite=overwrite, reporter=reporter)
+    reporter.info(report.summary())
+    click.echo(str(output))
+
+
 @cli.command("embed")
 @click.option("--model", "model", required=True,
-              help="tagcount, tagpool, vit_b_16 or resnet50.")
+              help="tagcount, tagpool, vit_b_16, resnet50, or polygnn (with --checkpoint).")
 @click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"), show_default=True)
 @click.option("--task", "task_dir", type=click.Path(path_type=Path),
               help="Embed what a task's model may see (tasks/NAME-masked/ → its masked inputs).")
@@ -465,30 +514,38 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
               show_default=True, help="tagpool: the tag vectors from `gjp embed-tags`.")
 @click.option("--weights", default="none", show_default=True,
               help="Image models: imagenet (downloaded by torchvision), none (random, seeded) or a state-dict file.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="polygnn: the run directory of `gjp pretrain --model polygnn` (runs/NAME/).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Tiles per batch (image models: chips; polygnn: the entities of that many tiles).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common
-def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, seed, batch_size, device, overwrite, quiet):
+def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, checkpoint, seed, batch_size, device,
+              overwrite, quiet):
     """Embed every tile with a model: the baselines every score table needs.
 
     tagcount: log(1 + count) of each vocabulary entry in the tile. tagpool: entities are
     the mean of their tags' embeddings, tiles [mean ‖ max] over entities (entity
     embeddings are written too). vit_b_16 / resnet50: the tile's image chip through a
     torchvision backbone (CLS token / pooled features); tiles without a chip are skipped.
+    polygnn: each entity's graph through a pretrained geometry encoder, tiles [mean ‖ max]
+    over entities (entity embeddings written too: `gjp knn --entity` finds similar shapes).
 
     \b
     Example:
       gjp embed --model tagpool
       gjp embed --model tagcount --task tasks/bridge-masked/
       gjp embed --model vit_b_16 --weights imagenet
+      gjp embed --model polygnn --checkpoint runs/polygnn-osm/
     """
     from gjp.device import resolve_device
     from gjp.embedders.embed import embed
 
     reporter = _reporter(quiet)
     report = embed(model, dataset, output, task=task_dir, overwrite=overwrite, reporter=reporter,
-                   tag_embeddings=tag_embeddings, weights=weights, seed=seed, batch_size=batch_size,
+                   tag_embeddings=tag_embeddings, weights=weights, checkpoint=checkpoint, seed=seed,
+                   batch_size=batch_size,
                    device=resolve_device(device))
     reporter.info(report.summary())
     click.echo(str(report.output))

@@ -96,6 +96,10 @@ def summarize(path: str | Path) -> tuple[str, dict]:
     if not path.exists():
         raise GjpError(f"{path}: no such file or directory")
     if path.is_dir():
+        if (path / "config.json").exists() and (path / "model.pt").exists():
+            from gjp.pretrain.runs import summarize_run
+
+            return "run", summarize_run(path)
         if (path / "task.json").exists():
             return "task", summarize_task(path)
         if (path / "index.parquet").exists():
@@ -136,6 +140,10 @@ def format_any(kind: str, s: dict) -> str:
         if s["entities"]:
             text += f"\n  {s['entities']} entity embeddings of {s['entity_dim']} dims"
         return text + f"\n  vector norms {s['norm'][0]:.3g}/{s['norm'][1]:.3g}/{s['norm'][2]:.3g} (min/median/max)"
+    if kind == "run":
+        from gjp.pretrain.runs import format_run
+
+        return format_run(s)
     if kind == "results":
         return "\n".join([f"{s['path']}: {len(s['results'])} results"]
                          + [f"  {r['file']}: {r['text']}" for r in s["results"]])

@@ -39,6 +39,21 @@ class EmbedResult:
     entity_osm_id: np.ndarray | None = None
 
 
+def pool_tiles(entity: np.ndarray, tile_offsets: np.ndarray) -> np.ndarray:
+    """Tile vectors ``[mean ‖ max]`` over each tile's entities (CSR ``tile_offsets``);
+    padding never enters either, and a tile without entities gets zeros."""
+    n, dim = len(tile_offsets) - 1, entity.shape[1]
+    mean = np.zeros((n, dim), dtype=np.float32)
+    peak = np.full((n, dim), -np.inf, dtype=np.float32)
+    counts = np.diff(tile_offsets)
+    tile_of_entity = np.repeat(np.arange(n), counts)
+    np.add.at(mean, tile_of_entity, entity)
+    mean[counts > 0] /= counts[counts > 0, None]
+    np.maximum.at(peak, tile_of_entity, entity)
+    peak[counts == 0] = 0.0
+    return np.concatenate([mean, peak], axis=1)
+
+
 def tagcount(dataset: Path, **_) -> EmbedResult:
     with open_dataset(dataset) as f:
         names = decode(f["tiles/name"][()])
@@ -72,17 +87,7 @@ def tagpool(dataset: Path, tag_embeddings: str | Path = "tag-embeddings.parquet"
     with torch.no_grad():
         entity = bag(torch.from_numpy(tag_ids.astype(np.int64)),
                      torch.from_numpy(tag_offsets[:-1].astype(np.int64))).numpy()
-    n, dim = len(names), table.shape[1]
-    mean = np.zeros((n, dim), dtype=np.float32)
-    peak = np.zeros((n, dim), dtype=np.float32)
-    counts = np.diff(tile_offsets)
-    tile_of_entity = np.repeat(np.arange(n), counts)
-    np.add.at(mean, tile_of_entity, entity)
-    mean[counts > 0] /= counts[counts > 0, None]
-    peak[:] = -np.inf
-    np.maximum.at(peak, tile_of_entity, entity)
-    peak[counts == 0] = 0.0  # a tile without entities: zeros, not -inf
-    return EmbedResult(names, np.concatenate([mean, peak], axis=1),
+    return EmbedResult(names, pool_tiles(entity, tile_offsets),
                        {"pooling": "entity = mean of tag embeddings; tile = [mean, max] over entities",
                         "tag_model": meta.get("model"), "tag_embeddings": str(tag_embeddings)},
                        entity_offsets=tile_offsets, entity_vectors=entity.astype(np.float32),
@@ -151,5 +156,13 @@ def _backbone(model: str, weights: str, seed: int):
     return net
 
 
-EMBEDDERS = {"tagcount": tagcount, "tagpool": tagpool,
+def polygnn(dataset: Path, checkpoint: str | Path | None = None, **options) -> EmbedResult:
+    from gjp.embedders.geometry import polygnn_embeddings
+
+    if checkpoint is None:
+        raise GjpError("--model polygnn needs --checkpoint runs/NAME/ (from `gjp pretrain --model polygnn`)")
+    return polygnn_embeddings(dataset, checkpoint, **options)
+
+
+EMBEDDERS = {"tagcount": tagcount, "tagpool": tagpool, "polygnn": polygnn,
              **{m: (lambda dataset, _m=m, **kw: image_backbone(dataset, _m, **kw)) for m in IMAGE_MODELS}}

@@ -28,11 +28,15 @@ Imports torch and torch-geometric only.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch_geometric.utils import scatter
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", FutureWarning)  # torch-geometric's import calls torch.jit.script
+    from torch_geometric.utils import scatter
 
 EDGE_TYPES = 2  # geometry, visibility
 

@@ -1,0 +1,1 @@
+"""Pretext tasks for pretraining the geometry encoder (:mod:`gjp.models.polygnn`)."""

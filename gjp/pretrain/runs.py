@@ -1,0 +1,100 @@
+"""Run directories (``runs/NAME/``), what ``gjp pretrain`` writes and later steps read:
+
+- ``config.json``: ``format`` = ``gjp-run``, ``format_version``, ``model`` (e.g.
+  ``polygnn``), the model's config, every training hyper-parameter, the pretext, the
+  command, gjp's and torch's versions;
+- ``model.pt``: the trained weights, a plain state dict, loaded with
+  ``torch.load(weights_only=True)``;
+- ``metrics.jsonl``: one JSON object per epoch: losses, metrics, seconds;
+- ``summary.json``: the final numbers (best epoch, its validation metrics, the test
+  metrics, the run's time).
+
+A run is written into a staging directory and renamed into place when training ends, like
+every gjp output: an interrupted run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gjp.errors import GjpError
+from gjp.io import check_format, read_json, read_text
+
+FORMAT, FORMAT_VERSION = "gjp-run", 1
+MADE_BY = "gjp pretrain"
+
+
+def read_run_config(run_dir: str | Path, model: str | None = None) -> dict:
+    """A run's ``config.json``, checked (format, version and, when given, the model)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not run_dir.is_dir() or not path.exists():
+        raise GjpError(f"{run_dir}: not a run directory (no config.json; make one with `gjp pretrain`)")
+    config = read_json(path, "run configuration")
+    check_format(config.get("format"), config.get("format_version"), path, FORMAT, FORMAT_VERSION,
+                 "run configuration", MADE_BY)
+    if model is not None and config.get("model") != model:
+        raise GjpError(f"{run_dir}: a run of model {config.get('model')!r}, not {model!r}")
+    return config
+
+
+def load_state_dict(run_dir: str | Path, model) -> None:
+    """Load ``model.pt`` into ``model`` (an ``nn.Module`` built from the run's config):
+    weights only, every key present and of the right shape, or a one-line error."""
+    import pickle
+
+    import torch
+
+    path = Path(run_dir) / "model.pt"
+    if not path.exists():
+        raise GjpError(f"{path}: no such file (the run did not finish?)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        raise GjpError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise GjpError(f"{path}: not a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise GjpError(f"{path}: the weights do not fit the run's model ({first[:160]})") from None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(read_text(path, "metrics file").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise GjpError(f"{path}: line {n} is not JSON") from None
+    return rows
+
+
+def summarize_run(run_dir: str | Path) -> dict:
+    """What ``gjp info runs/NAME/`` shows."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
+    metrics = read_metrics(run_dir)
+    return {"path": str(run_dir), "model": config.get("model"), "pretext": config.get("pretext"),
+            "preset": config.get("preset"), "model_config": config.get("model_config", {}),
+            "epochs": len(metrics), "parameters": config.get("parameters"), "summary": summary,
+            "command": config.get("command")}
+
+
+def format_run(s: dict) -> str:
+    mc = s["model_config"]
+    lines = [f"{s['path']}: gjp run of {s['model']} ({s['preset']} preset: "
+             + ", ".join(f"{k} {v}" for k, v in mc.items()) + f"; {s['parameters']} parameters)",
+             f"  pretext {s['pretext']}, {s['epochs']} epochs"]
+    summary = s["summary"]
+    if summary:
+        lines.append("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in summary.items() if not isinstance(v, dict | list)))
+    return "\n".join(lines)
