@@ -634,9 +634,14 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
         emb, hits = knn.query_text(embeddings, text, k, metric)
         rows = [(name, d) for name, d in hits]
     elif entity:
-        emb, hits = knn.query_entities(embeddings, query, k, metric)
+        emb, hits, query_ref = knn.query_entities(embeddings, query, k, metric)
         for rank, (where, osm, d) in enumerate(hits, 1):
             click.echo(f"{rank}\t{where}\t{osm}\t{d:.6f}")
+        if html_path is not None:
+            source = dataset or Path(emb.attrs.get("dataset", "dataset.h5"))
+            knn.write_entity_gallery(html_path, query_ref, hits, source, f"{emb.model}: entities like {query}",
+                                     overwrite)
+            _reporter(False).info(f"gallery: {html_path}")
         return
     else:
         emb, rows = knn.query_tiles(embeddings, query, k, metric)

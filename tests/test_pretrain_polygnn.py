@@ -99,8 +99,11 @@ def test_embed_knn_probe_and_info_on_a_real_extract(digits_run, monaco_dataset, 
     # knn --entity finds entities; the nearest of a building is another polygon
     from gjp.evaluate.knn import query_entities
 
-    _, hits = query_entities(out, f"{emb.names[0]}:0", 5, "cosine")
-    assert len(hits) == 5
+    _, hits, ref = query_entities(out, f"{emb.names[0]}:0", 5, "cosine")
+    assert len(hits) == 5 and ref == f"{emb.names[0]}:0"
+    page = tmp_path / "shapes.html"
+    assert gjp("knn", "-e", out, "--entity", "--query", ref, "-k", "5", "--html", page, "-i", dataset) == 0
+    assert page.read_text().count("<svg") == 6  # the query and its five neighbours, each drawn
     assert gjp("info", run) == 0
 
 

@@ -150,7 +150,9 @@ def query_tiles(embeddings: str | Path, query: str, k: int = 8, metric: str = "c
 
 
 def query_entities(embeddings: str | Path, query: str, k: int = 8, metric: str = "cosine"):
-    """``query`` is ``TILE:N`` (the N-th entity of a tile, from 0) or ``node|way|relation/ID``."""
+    """``query`` is ``TILE:N`` (the N-th entity of a tile, from 0) or ``node|way|relation/ID``.
+    Returns the embeddings, the neighbours ``(TILE:N, type/ID, distance)`` and the query as
+    ``TILE:N``."""
     from gjp.kinds import OSM_TYPES
 
     emb = read_embeddings(embeddings, entities=True)
@@ -173,12 +175,14 @@ def query_entities(embeddings: str | Path, query: str, k: int = 8, metric: str =
             raise GjpError(f"{query}: tile {tile} has {last - first} entities")
         i = int(first + int(number))
     idx, dist = search(emb.entity_vectors, emb.entity_vectors[[i]], k, metric, exclude=np.array([i]))
-    out = []
-    for j, d in zip(idx[0], dist[0]):
+
+    def ref(j: int) -> str:
         t = int(tile_of[j])
-        out.append((f"{emb.names[t]}:{j - emb.entity_offsets[t]}",
-                    f"{OSM_TYPES[emb.entity_osm_type[j]]}/{emb.entity_osm_id[j]}", float(d)))
-    return emb, out
+        return f"{emb.names[t]}:{j - emb.entity_offsets[t]}"
+
+    out = [(ref(int(j)), f"{OSM_TYPES[emb.entity_osm_type[j]]}/{emb.entity_osm_id[j]}", float(d))
+           for j, d in zip(idx[0], dist[0])]
+    return emb, out, ref(i)
 
 
 def query_text(embeddings: str | Path, text: str, k: int = 8, metric: str = "cosine"):
@@ -293,15 +297,53 @@ def write_gallery(path: str | Path, query: str, neighbours: list[tuple[str, floa
         where = {n: i for i, n in enumerate(names)}
         cards = [_card(f, where.get(query), query, None, "query")]
         cards += [_card(f, where.get(name), name, dist, f"#{rank}") for rank, (name, dist) in enumerate(neighbours, 1)]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+    write_text(path, _page(title, cards), overwrite)
+    return path
+
+
+def write_entity_gallery(path: str | Path, query: str, neighbours: list[tuple[str, str, float]],
+                         dataset: str | Path, title: str, overwrite: bool = False) -> Path:
+    """A self-contained HTML page: the query entity (``TILE:N``) and its neighbours, each
+    drawn zoomed to its own extent, with its OSM id, its tags and its distance."""
+    from gjp.dataset.format import decode, open_dataset
+
+    path = Path(path)
+    check_output_free(path, overwrite)
+    with open_dataset(dataset) as f:
+        where = {n: i for i, n in enumerate(decode(f["tiles/name"][()]))}
+        offsets = f["tiles/entity_offsets"][()]
+
+        def entity(ref: str):
+            tile, _, n = ref.rpartition(":")
+            return int(offsets[where[tile]] + int(n)) if tile in where else None
+
+        cards = [_entity_card(f, entity(query), query, "", None, "query")]
+        cards += [_entity_card(f, entity(ref), ref, osm, dist, f"#{rank}")
+                  for rank, (ref, osm, dist) in enumerate(neighbours, 1)]
+    write_text(path, _page(title, cards), overwrite)
+    return path
+
+
+def _page(title: str, cards: list[str]) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;margin:1em}.grid{display:flex;flex-wrap:wrap;gap:12px}"
             ".card{width:236px;border:1px solid #ccc;border-radius:6px;padding:6px;font-size:12px}"
             ".card img,.card svg{width:224px;height:224px;display:block;background:#f4f4f4}"
             ".q{border:2px solid #c33}</style></head><body>"
             f"<h2>{html.escape(title)}</h2><div class='grid'>{''.join(cards)}</div>"
             f"<p style='color:#888'>gjp {__version__}</p></body></html>")
-    write_text(path, page, overwrite)
-    return path
+
+
+def _entity_card(f, e, ref: str, osm: str, distance: float | None, label: str) -> str:
+    if e is None:
+        return f"<div class='card'><b>{label}</b> {html.escape(ref)}<br>(not in the dataset)</div>"
+    t0, t1 = f["entities/tag_offsets"][e], f["entities/tag_offsets"][e + 1]
+    vocab = f["vocab/tags"]
+    tags = [vocab[t].decode() for t in f["entities/tag_ids"][t0:t1]][:8]
+    dist = "" if distance is None else f" — distance {distance:.4f}"
+    return (f"<div class='card{' q' if distance is None else ''}'><b>{label}</b> {html.escape(ref)} "
+            f"{html.escape(osm)}{dist}{_shapes_svg(f, np.array([e]), fit=True)}"
+            f"<div>{html.escape(', '.join(tags))}</div></div>")
 
 
 def _card(f, i, name: str, distance: float | None, label: str) -> str:
@@ -330,25 +372,35 @@ def _png(pixels: np.ndarray) -> str:
 
 
 def _svg(f, i: int) -> str:
-    e0, e1 = f["tiles/entity_offsets"][i], f["tiles/entity_offsets"][i + 1]
-    node_off = f["graph/node_offsets"][e0:e1 + 1]
-    edge_off = f["graph/geometry_edge_offsets"][e0:e1 + 1]
-    nodes = f["graph/nodes"][node_off[0]:node_off[-1]]
-    edges = f["graph/geometry_edges"][edge_off[0]:edge_off[-1]]
-    kinds = f["entities/kind"][e0:e1]
+    """Tile ``i``'s entities in the tile frame."""
+    return _shapes_svg(f, np.arange(f["tiles/entity_offsets"][i], f["tiles/entity_offsets"][i + 1]), fit=False)
+
+
+def _shapes_svg(f, entities: np.ndarray, fit: bool) -> str:
+    """Entities' geometry edges (points as dots), coloured by kind, in the tile frame or,
+    with ``fit``, zoomed to their own extent (aspect kept)."""
+    from gjp.dataset.graphs import EntityGraphs
+
+    graphs = EntityGraphs.from_dataset(f, entities)
+    kinds = f["entities/kind"][()][entities] if len(entities) else []
+    nodes = graphs.nodes.astype(np.float64)
+    if fit and len(nodes):
+        low, high = nodes.min(axis=0), nodes.max(axis=0)
+        span = max(float((high - low).max()), 1e-9) * 1.15
+        nodes = (nodes - (low + high) / 2) / span + 0.5
     colours = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
     parts = []
-    for e in range(e1 - e0):
-        pts = nodes[node_off[e] - node_off[0]:node_off[e + 1] - node_off[0]]
+    for e in range(len(graphs)):
+        pts = nodes[graphs.node_offsets[e]:graphs.node_offsets[e + 1]]
+        edges = graphs.geometry_edges[graphs.geometry_offsets[e]:graphs.geometry_offsets[e + 1]]
         colour = colours[int(kinds[e]) % len(colours)]
-        ed = edges[edge_off[e] - edge_off[0]:edge_off[e + 1] - edge_off[0]]
-        if len(ed) == 0:
+        if len(edges) == 0:
             for x, y in pts:
-                parts.append(f"<circle cx='{x * 224:.1f}' cy='{(1 - y) * 224:.1f}' r='2' fill='{colour}'/>")
-        for a, b in ed:
+                parts.append(f"<circle cx='{x * 224:.1f}' cy='{(1 - y) * 224:.1f}' r='3' fill='{colour}'/>")
+        for a, b in edges:
             (x1, y1), (x2, y2) = pts[a], pts[b]
             parts.append(f"<line x1='{x1 * 224:.1f}' y1='{(1 - y1) * 224:.1f}' x2='{x2 * 224:.1f}' "
-                         f"y2='{(1 - y2) * 224:.1f}' stroke='{colour}' stroke-width='1'/>")
+                         f"y2='{(1 - y2) * 224:.1f}' stroke='{colour}' stroke-width='{1.5 if fit else 1}'/>")
     return f"<svg viewBox='0 0 224 224' xmlns='http://www.w3.org/2000/svg'>{''.join(parts)}</svg>"
 
 
