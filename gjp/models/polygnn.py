@@ -107,20 +107,17 @@ class InteractionBlock(nn.Module):
         self.out = nn.Linear(hidden, hidden)
         self.norm = nn.LayerNorm(hidden)
 
-    def forward(self, h, edge_index, edge_type, edge_geo, kj, ji, pair_type, triplet_geo):
+    def forward(self, h, edge_index, edge_sizes, edge_geo, kj, ji, triplet_sizes, triplet_geo):
+        """Edges come sorted by type and triplets by pair of types (``*_sizes``: how many
+        of each), so each type's weights apply to one contiguous slice: no masks."""
         src, dst = edge_index
-        n, width = h.shape
-        messages = h.new_zeros(len(src), width)
-        for t, mlp in enumerate(self.edge):  # separate weights per edge type
-            sel = edge_type == t
-            messages[sel] = mlp(torch.cat([h[src[sel]], edge_geo[sel]], dim=-1))
+        n = h.shape[0]
+        edge_in = torch.cat([h[src], edge_geo], dim=-1).split(edge_sizes)
+        messages = torch.cat([mlp(part) for mlp, part in zip(self.edge, edge_in)])
         from_edges = scatter(messages, dst, dim=0, dim_size=n, reduce="mean")
-        tri = h.new_zeros(len(kj), width)
-        k, j, i = src[kj], src[ji], dst[ji]
-        for t, mlp in enumerate(self.triplet):  # and per pair of edge types
-            sel = pair_type == t
-            tri[sel] = mlp(torch.cat([h[k[sel]], h[j[sel]], triplet_geo[sel]], dim=-1))
-        from_triplets = scatter(tri, i, dim=0, dim_size=n, reduce="mean")
+        triplet_in = torch.cat([h[src[kj]], h[src[ji]], triplet_geo], dim=-1).split(triplet_sizes)
+        tri = torch.cat([mlp(part) for mlp, part in zip(self.triplet, triplet_in)])
+        from_triplets = scatter(tri, dst[ji], dim=0, dim_size=n, reduce="mean")
         return self.norm(h + self.out(self.update(torch.cat([h, from_edges, from_triplets], dim=-1))))
 
 
@@ -152,21 +149,27 @@ class PolygonEncoder(nn.Module):
     def forward(self, graph) -> torch.Tensor:
         pos, edge_index, edge_type, owner = graph.x, graph.edge_index, graph.edge_type, graph.batch
         n, entities = pos.shape[0], int(graph.num_graphs)
+        by_type = torch.argsort(edge_type, stable=True)  # each type's edges contiguous
+        edge_index, edge_type = edge_index[:, by_type], edge_type[by_type]
+        edge_sizes = torch.bincount(edge_type, minlength=EDGE_TYPES).tolist()
         src, dst = edge_index
         step = pos[dst] - pos[src]                          # j→i
         edge_geo = self.edge_geo(_length_features(step.norm(dim=-1)))
         kj, ji = triplets(edge_index, n)
+        pair_type = edge_type[kj] * EDGE_TYPES + edge_type[ji]
+        by_pair = torch.argsort(pair_type, stable=True)
+        kj, ji = kj[by_pair], ji[by_pair]
+        triplet_sizes = torch.bincount(pair_type, minlength=EDGE_TYPES ** 2).tolist()
         a, b = step[kj], step[ji]                           # k→j, then j→i
         la, lb = a.norm(dim=-1), b.norm(dim=-1)
         scale = la * lb + 1e-12
         cos = (a * b).sum(-1) / scale
         sin = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]).abs() / scale  # unsigned: mirror-invariant
         triplet_geo = self.triplet_geo(torch.stack([la, lb, cos, sin], dim=-1))
-        pair_type = edge_type[kj] * EDGE_TYPES + edge_type[ji]
         h = self.start.expand(n, -1)
         states = []
         for block in self.blocks:
-            h = block(h, edge_index, edge_type, edge_geo, kj, ji, pair_type, triplet_geo)
+            h = block(h, edge_index, edge_sizes, edge_geo, kj, ji, triplet_sizes, triplet_geo)
             states.append(h)
         nodes = torch.cat(states, dim=-1)
         pooled = torch.cat([scatter(nodes, owner, dim=0, dim_size=entities, reduce="mean"),
