@@ -31,3 +31,7 @@ def test_the_pipeline_script_runs_end_to_end(tmp_path):
     assert gallery.count("class='card") == 9 and "<svg" in gallery  # the query and 8 neighbours
     neighbours = [line for line in out.splitlines() if line[:1].isdigit() and "\t16_" in line]
     assert len(neighbours) == 8
+    # the geometry encoder's part: a run, entity embeddings, a gallery of 9 shapes
+    assert (ws / "runs" / "polygnn-osm" / "model.pt").exists()
+    shapes = (ws / "shapes-gallery.html").read_text()
+    assert shapes.count("<svg") == 9 and "building" in shapes
