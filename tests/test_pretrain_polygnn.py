@@ -121,3 +121,75 @@ def test_a_bad_checkpoint_is_one_line(digits_run, tmp_path, damage, message):
     damage(run)
     with pytest.raises(GjpError, match=message):
         load_polygnn(run)
+
+
+def _cli(args, cwd):
+    """``gjp ARGS`` in this process: (exit code, stderr)."""
+    import contextlib
+    import io
+    import os
+    import signal
+
+    from gjp.cli import main
+
+    err = io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as stop:
+                code = stop.code
+    finally:
+        os.chdir(old)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return code, err.getvalue()
+
+
+def _nan_vertex(path):
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        nodes = f["graph/nodes"][()]
+        nodes[7] = np.nan
+        f["graph/nodes"][...] = nodes
+
+
+@pytest.mark.parametrize("args, damage, message", [
+    (["embed", "--model", "polygnn", "--checkpoint", "run", "-o", "e.h5"],
+     lambda ws: (ws / "run" / "model.pt").write_bytes(b"\x00" * 100), "not a readable checkpoint"),
+    (["embed", "--model", "polygnn", "-o", "e.h5"], None, "--checkpoint"),
+    (["embed", "--model", "polygnn", "--checkpoint", "run", "-o", "e.h5"],
+     lambda ws: _nan_vertex(ws / "dataset.h5"), "not finite"),
+    (["pretrain", "--model", "polygnn", "--pretext", "osm", "-o", "runs/x"],
+     lambda ws: _nan_vertex(ws / "dataset.h5"), "not finite"),
+    (["pretrain", "--model", "polygnn", "--pretext", "osm", "-i", "chips.h5", "-o", "runs/x"], None,
+     "no entity graphs"),
+    (["pretrain", "--model", "polygnn", "--pretext", "digits", "-o", "run"], None, "--overwrite"),
+], ids=["corrupt-checkpoint", "no-checkpoint", "nan-vertex-embed", "nan-vertex-pretrain", "images-only",
+        "run-exists"])
+def test_bad_input_to_the_geometry_steps(digits_run, monaco_dataset, tmp_path, args, damage, message):
+    from PIL import Image
+
+    from gjp.dataset.pack import pack_dataset
+    from gjp.imagery.chips import import_chips
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copytree(digits_run[0], ws / "run")
+    shutil.copy(monaco_dataset[2], ws / "dataset.h5")
+    (ws / "chips").mkdir()
+    Image.fromarray(np.full((224, 224, 4), 255, np.uint8), mode="RGBA").save(ws / "chips" / "16_1_1.png")
+    import_chips([ws / "chips" / "16_1_1.png"], ws / "images")
+    pack_dataset(None, ws / "chips.h5", images_dir=ws / "images")
+    if damage is not None:
+        damage(ws)
+    before = sorted(str(p.relative_to(ws)) for p in ws.rglob("*"))
+    code, err = _cli(["-q", *args], ws)
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("gjp: error: ") and message in lines[0], err
+    assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*")) == before
