@@ -105,6 +105,11 @@ def test_embed_knn_probe_and_info_on_a_real_extract(digits_run, monaco_dataset, 
     assert gjp("knn", "-e", out, "--entity", "--query", ref, "-k", "5", "--html", page, "-i", dataset) == 0
     assert page.read_text().count("<svg") == 6  # the query and its five neighbours, each drawn
     assert gjp("info", run) == 0
+    # probe and score take it like any other model
+    assert gjp("-q", "mktask", "building_count", "-i", dataset, "-o", tmp_path / "tasks" / "bc") == 0
+    assert gjp("-q", "probe", "-e", out, "--task", tmp_path / "tasks" / "bc", "--head", "linear", "--seeds", "1",
+               "-o", tmp_path / "results") == 0
+    assert gjp("score", *sorted((tmp_path / "results").glob("*.json"))) == 0
 
 
 @pytest.mark.parametrize("damage, message", [
