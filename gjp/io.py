@@ -499,28 +499,25 @@ def read_text(path: str | Path, what: str = "text file") -> str:
         raise GjpError(f"{path}: the {what} is not UTF-8 text (byte {err.start})") from None
 
 
-def read_json(path: str | Path, what: str = "JSON file", kind: type = dict):
-    """A JSON document whose top level is a ``kind`` (an object by default)."""
-    text = read_text(path, what)
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise GjpError(f"{path}: the {what} is not valid JSON ({err})") from None
-    if not isinstance(data, kind):
-        raise GjpError(f"{path}: the {what} is not a JSON {'object' if kind is dict else kind.__name__}")
-    return data
+def read_json(path: str | Path, what: str = "JSON file") -> dict:
+    """A JSON document whose top level is an object."""
+    return _json_object(read_text(path, what), lambda problem: f"{path}: the {what} is {problem}")
 
 
 def json_metadata(raw: bytes | str | None, where: str | Path, what: str) -> dict:
     """JSON kept inside another file (Parquet key-value metadata, HDF5 attributes)."""
     if raw is None:
         return {}
+    return _json_object(raw, lambda problem: f"{where}: damaged {what} metadata ({problem})")
+
+
+def _json_object(text: bytes | str, message) -> dict:
     try:
-        data = json.loads(raw)
+        data = json.loads(text)
     except ValueError as err:
-        raise GjpError(f"{where}: damaged {what} metadata (not valid JSON: {err})") from None
+        raise GjpError(message(f"not valid JSON: {err}")) from None
     if not isinstance(data, dict):
-        raise GjpError(f"{where}: damaged {what} metadata (not a JSON object)")
+        raise GjpError(message("not a JSON object"))
     return data
 
 
