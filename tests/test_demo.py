@@ -29,8 +29,10 @@ def test_the_pipeline_script_runs_end_to_end(tmp_path):
     assert (ws / "results" / "tagpool__knn.json").exists()
     gallery = (ws / "gallery.html").read_text()
     assert gallery.count("class='card") == 9 and "<svg" in gallery  # the query and 8 neighbours
+    # tile neighbours are rank, tile, distance; entity neighbours add the OSM id
     neighbours = [line for line in out.splitlines() if line[:1].isdigit() and "\t16_" in line]
-    assert len(neighbours) == 8
+    assert sum(line.count("\t") == 2 for line in neighbours) == 8
+    assert sum(line.count("\t") == 3 for line in neighbours) == 8
     # the geometry encoder's part: a run, entity embeddings, a gallery of 9 shapes
     assert (ws / "runs" / "polygnn-osm" / "model.pt").exists()
     shapes = (ws / "shapes-gallery.html").read_text()

@@ -180,6 +180,19 @@ def pretrain_polygnn(output: str | Path, config: PolygnnTrainConfig | None = Non
                      overwrite: bool = False, reporter: Reporter = QUIET) -> PretrainReport:
     import torch
 
+    # the backward of gathers (h[src]) accumulates with threads in any order: on CPU only
+    # torch's deterministic mode makes the same seed give the same weights
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _pretrain(output, config, device, overwrite, reporter)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _pretrain(output, config, device, overwrite, reporter) -> PretrainReport:
+    import torch
+
     from gjp.device import autocast, resolve_device
     from gjp.models.polygnn import PolygonEncoder, PolygonEncoderConfig
 
