@@ -145,3 +145,36 @@ def test_masks_depend_only_on_seed_epoch_and_batch():
     d = draw_masks(valid, centres, modality, config, mask_rng(7, 3, 11))
     assert np.array_equal(a.targets, b.targets) and np.array_equal(a.context, b.context)
     assert not np.array_equal(a.targets, c.targets) and not np.array_equal(a.targets, d.targets)
+
+
+def test_the_collator_masks_do_not_depend_on_the_number_of_workers(monaco_dataset):
+    import torch
+
+    from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset
+    from gjp.pretrain.masks import MaskingCollator
+
+    _, _, path = monaco_dataset
+    ds = TileDataset(path)
+    collator = MaskingCollator(MaskConfig(strategies={"random": 0.5, "area": 0.5}), seed=3)
+
+    def masks(workers):
+        sampler = LengthGroupedBatchSampler(ds.entity_counts, 8, seed=0)
+        sampler.set_epoch(2)
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, collate_fn=collator, num_workers=workers)
+        return [(tuple(b["names"]), b["context_mask"], b["target_masks"]) for b in loader]
+
+    alone, shared = masks(0), masks(2)
+    assert len(alone) == len(shared) > 3
+    for (names, context, targets), (names2, context2, targets2) in zip(alone, shared):
+        assert names == names2 and torch.equal(context, context2) and torch.equal(targets, targets2)
+        assert not (context[:, None, :] & targets).any()
+
+
+def test_the_collator_adds_image_slots_for_tiles_with_an_image():
+    from gjp.pretrain.masks import MaskingCollator
+
+    collator = MaskingCollator(MaskConfig(), image_grid=7)
+    centres = collator.image_centres()
+    assert centres.shape == (50, 2)
+    assert centres[0].tolist() == pytest.approx([1 / 14, 1 - 1 / 14])   # top-left patch, y up
+    assert centres[-1].tolist() == [0.5, 0.5]                            # the global token

@@ -48,6 +48,26 @@ class TileSample:
                             self.visibility_edges, self.visibility_offsets)
 
 
+class BatchIndices(list):
+    """A batch's tile indices with its place in training: ``epoch`` and ``number`` (its
+    position in the epoch). The sampler makes them in the main process and they travel
+    with the indices to whichever worker loads the batch, so anything seeded from them
+    (the masks) does not depend on the number of workers."""
+
+    def __init__(self, indices, epoch: int, number: int):
+        super().__init__(indices)
+        self.epoch, self.number = epoch, number
+
+
+class TileBatch(list):
+    """The samples of one batch, with the :class:`BatchIndices` key they were loaded by
+    (``None`` when loaded by plain indices)."""
+
+    def __init__(self, samples, epoch: int | None = None, number: int | None = None):
+        super().__init__(samples)
+        self.epoch, self.number = epoch, number
+
+
 class TileDataset(Dataset):
     """Tiles of a ``dataset.h5``; ``indices`` restricts it to a subset (e.g. a split)."""
 
@@ -94,6 +114,10 @@ class TileDataset(Dataset):
         if ds is None:
             ds = self._datasets[name] = self._file[name]
         return ds
+
+    def __getitems__(self, indices) -> TileBatch:
+        """A whole batch (what the DataLoader asks for), keeping its key."""
+        return TileBatch([self[i] for i in indices], getattr(indices, "epoch", None), getattr(indices, "number", None))
 
     def __getitem__(self, i: int) -> TileSample:
         self._h5()
@@ -144,8 +168,8 @@ class LengthGroupedBatchSampler(Sampler):
                 batch = chunk[b:b + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch.tolist())
-        for k in rng.permutation(len(batches)):
-            yield batches[k]
+        for number, k in enumerate(rng.permutation(len(batches))):
+            yield BatchIndices(batches[k], self.epoch, number)
 
     def __len__(self) -> int:
         n = len(self.lengths)

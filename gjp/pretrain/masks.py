@@ -173,3 +173,56 @@ def _keep_min_context(context, targets, valid, n, min_context, rng):
     release = (_ranks(scores) < np.maximum(need, 0)[:, None]) & in_targets
     context |= release
     targets &= ~release[:, None, :]
+
+
+class MaskingCollator:
+    """``collate_fn`` for pretraining: :func:`gjp.dataset.loader.collate_tiles`, plus the
+    masks over the batch's token slots: its entities, then (with ``image_grid``) one slot
+    per image patch of a ``grid × grid`` map (its centre in the tile frame, y up) and, with
+    ``image_global``, one for the whole image (centre (0.5, 0.5)); image slots of a tile
+    without an image are padding. Adds ``context_mask`` [B,T], ``target_masks`` [B,K,T]
+    (torch bool) and ``mask_strategy`` [B]. Seeded from (seed, the batch's epoch, its
+    number), which :class:`gjp.dataset.loader.BatchIndices` carries to every worker."""
+
+    ENTITY, IMAGE = 1, 2
+
+    def __init__(self, config: MaskConfig, seed: int = 0, image_grid: int | None = None, image_global: bool = True):
+        config.probabilities()  # fail now, not in a worker
+        self.config, self.seed = config, seed
+        self.image_grid, self.image_global = image_grid, image_global
+
+    def image_centres(self) -> np.ndarray:
+        """``[P, 2]`` centres of the image slots, patches row by row from the top, then the
+        global slot."""
+        if not self.image_grid:
+            return np.zeros((0, 2))
+        g = self.image_grid
+        r, c = np.divmod(np.arange(g * g), g)
+        centres = np.stack([(c + 0.5) / g, 1 - (r + 0.5) / g], axis=1)
+        return np.concatenate([centres, [[0.5, 0.5]]]) if self.image_global else centres
+
+    def __call__(self, samples) -> dict:
+        import torch
+
+        from gjp.dataset.loader import collate_tiles
+
+        epoch, number = getattr(samples, "epoch", None), getattr(samples, "number", None)
+        if epoch is None or number is None:
+            raise ValueError("masks need the batch's epoch and number: load with LengthGroupedBatchSampler "
+                             "(or give BatchIndices)")
+        batch = collate_tiles(list(samples))
+        valid = ~batch["padding_mask"].numpy()
+        centres = batch["min_box"].numpy().reshape(*valid.shape, 4, 2).mean(axis=2)
+        modality = np.where(valid, self.ENTITY, 0)
+        patches = self.image_centres()
+        if len(patches):
+            b = valid.shape[0]
+            has = batch["has_image"].numpy() if "has_image" in batch else np.zeros(b, bool)
+            valid = np.concatenate([valid, np.repeat(has[:, None], len(patches), axis=1)], axis=1)
+            centres = np.concatenate([centres, np.broadcast_to(patches, (b, *patches.shape))], axis=1)
+            modality = np.concatenate([modality, np.where(has[:, None], self.IMAGE, 0).repeat(len(patches), 1)],
+                                      axis=1)
+        masks = draw_masks(valid, centres, modality, self.config, mask_rng(self.seed, epoch, number))
+        batch.update(context_mask=torch.from_numpy(masks.context), target_masks=torch.from_numpy(masks.targets),
+                     mask_strategy=torch.from_numpy(masks.strategy))
+        return batch
