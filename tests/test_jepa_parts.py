@@ -3,6 +3,7 @@ parts against hand computation, and the EMA update's closed form."""
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,70 @@ def test_ema_update_has_its_closed_form():
     for t, t0, o in zip(target.parameters(), start, online.parameters()):
         torch.testing.assert_close(t, m ** steps * t0 + (1 - m ** steps) * o, atol=1e-6, rtol=1e-6)
         assert not t.requires_grad or t.grad is None
+
+
+def tiny_batch(seed=0, b=4, t=12, k=3):
+    from gjp.pretrain.masks import MaskConfig, draw_masks, mask_rng
+
+    g = torch.Generator().manual_seed(seed)
+    tokens, conditions = torch.randn(b, t, 64, generator=g), torch.randn(b, t, 64, generator=g)
+    padding = torch.zeros(b, t, dtype=torch.bool)
+    for i, n in enumerate([12, 7, 5, 9][:b]):
+        padding[i, n:] = True
+    rng = np.random.default_rng(seed)
+    masks = draw_masks(~padding.numpy(), rng.random((b, t, 2)), np.where(padding.numpy(), 0, 1),
+                       MaskConfig(targets=k), mask_rng(0, 0, seed))
+    return tokens, conditions, padding, torch.from_numpy(masks.context), torch.from_numpy(masks.targets)
+
+
+def test_a_geojepa_step_trains_the_context_side_only():
+    from gjp.models.geojepa import GeoJepa, GeoJepaConfig
+
+    torch.manual_seed(0)
+    model = GeoJepa(GeoJepaConfig.preset("tiny")).train()
+    assert not model.target_encoder.training
+    out = model(*tiny_batch())
+    assert torch.isfinite(out["loss"]) and out["target_tokens"] > 0 and out["context_tokens"] > 0
+    out["loss"].backward()
+    assert all(p.grad is None for p in model.target_encoder.parameters())
+    assert model.context_encoder.blocks[0].attention.qkv.weight.grad is not None
+    assert model.predictor.mask_token.grad is not None
+    before = [p.clone() for p in model.target_encoder.parameters()]
+    with torch.no_grad():
+        for p in model.context_encoder.parameters():
+            p.add_(0.1)
+    model.update_target(0.5)
+    moved = [not torch.equal(a, b) for a, b in zip(before, model.target_encoder.parameters())]
+    assert all(moved)
+
+
+def test_the_loss_falls_on_a_tiny_data_set():
+    from gjp.models.geojepa import GeoJepa, GeoJepaConfig
+    from gjp.pretrain.schedules import ema_momentum
+
+    torch.manual_seed(1)
+    model = GeoJepa(GeoJepaConfig.preset("tiny")).train()
+    batches = [tiny_batch(seed) for seed in range(4)]
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for step in range(60):
+        out = model(*batches[step % 4])
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+        model.update_target(ema_momentum(step, 60, start=0.99, end=0.999))
+        losses.append(float(out["prediction"]))
+    assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
+
+
+def test_a_tile_vector_does_not_depend_on_its_batch():
+    from gjp.models.geojepa import GeoJepa, GeoJepaConfig
+
+    torch.manual_seed(2)
+    model = GeoJepa(GeoJepaConfig.preset("tiny")).eval()
+    tokens, _, padding, _, _ = tiny_batch()
+    vectors, _ = model.embed(tokens, padding)
+    for i in range(4):
+        n = int((~padding[i]).sum())
+        alone, _ = model.embed(tokens[i:i + 1, :n], padding[i:i + 1, :n])
+        torch.testing.assert_close(vectors[i], alone[0], atol=1e-5, rtol=1e-5)

@@ -1,0 +1,129 @@
+"""GeoJEPA's core: a context encoder, its EMA copy the target encoder, and a predictor,
+over token tensors (the tokenizers of :mod:`gjp.models.tokenizers` make the tokens).
+
+One training step, given tokens ``x`` [B,T,d] (conditioning already added), their
+conditions ``c`` [B,T,d], padding, a context mask [B,T] and K target masks [B,K,T]:
+
+1. the target encoder (no gradient, eval mode) sees every real token; its outputs are the
+   targets;
+2. the context encoder sees the context tokens only (every other token is a masked key);
+3. the predictor, once per target block (the K blocks run as one batch of B·K), sees the
+   projected context outputs plus their conditions and, in every target slot, a learned
+   mask token plus that slot's condition; it predicts the target slots;
+4. the loss: smooth-L1 against the LayerNorm-ed targets over real target tokens, plus
+   β_v · (VICReg variance + covariance) of the predictions and of the context outputs.
+
+:meth:`GeoJepa.embed` is how a tile becomes a vector after training: the target encoder
+over all its real tokens, [mean ‖ max] over those tokens only (never padding), so a tile's
+vector does not depend on its batch. Imports torch only.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from gjp.models.objective import ema_update, prediction_loss, vicreg_terms
+from gjp.models.transformer import Encoder, TransformerConfig
+
+
+@dataclass(frozen=True)
+class GeoJepaConfig:
+    dim: int = 384
+    depth: int = 12
+    heads: int = 8
+    registers: int = 0
+    predictor_dim: int = 192
+    predictor_depth: int = 4
+    predictor_heads: int = 6
+    smooth_l1_beta: float = 1.0
+    vicreg_beta: float = 0.02
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> GeoJepaConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: ``tiny`` for CPU tests and the demo; ``base`` is the thesis's model.
+PRESETS = {
+    "tiny": {"dim": 64, "depth": 2, "heads": 4, "predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 4},
+    "small": {"dim": 192, "depth": 6, "heads": 6, "predictor_dim": 96, "predictor_depth": 2, "predictor_heads": 4},
+    "base": {"dim": 384, "depth": 12, "heads": 8, "predictor_dim": 192, "predictor_depth": 4, "predictor_heads": 6},
+}
+
+
+class Predictor(nn.Module):
+    def __init__(self, config: GeoJepaConfig):
+        super().__init__()
+        p = config.predictor_dim
+        self.context_in = nn.Linear(config.dim, p)
+        self.condition_in = nn.Linear(config.dim, p)
+        self.mask_token = nn.Parameter(torch.zeros(p))
+        self.encoder = Encoder(TransformerConfig(p, config.predictor_depth, config.predictor_heads))
+        self.out = nn.Linear(p, config.dim)
+
+    def forward(self, context_out, conditions, context_mask, target_mask) -> torch.Tensor:
+        """All [N,T,…] (N = B·K): predictions [N,T,d], meaningful in target slots only."""
+        conditions = self.condition_in(conditions)
+        x = torch.where(context_mask[..., None], self.context_in(context_out), self.mask_token) + conditions
+        visible = context_mask | target_mask
+        return self.out(self.encoder(x, padding=~visible))
+
+
+class GeoJepa(nn.Module):
+    def __init__(self, config: GeoJepaConfig):
+        super().__init__()
+        self.config = config
+        body = TransformerConfig(config.dim, config.depth, config.heads, registers=config.registers)
+        self.context_encoder = Encoder(body)
+        self.predictor = Predictor(config)
+        self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.target_encoder.eval()  # always: its outputs are targets, not a model in training
+        return self
+
+    def forward(self, tokens, conditions, padding, context_mask, target_masks) -> dict:
+        b, k, t = target_masks.shape
+        with torch.no_grad():
+            targets = self.target_encoder(tokens, padding)
+        context_out = self.context_encoder(tokens, ~context_mask)
+        def per_target(v):  # [B,…] → [B·K,…]: the K target blocks as one batch
+            return v.repeat_interleave(k, dim=0)
+
+        predicted = self.predictor(per_target(context_out), per_target(conditions), per_target(context_mask),
+                                   target_masks.reshape(b * k, t)).view(b, k, t, -1)
+        real_targets = target_masks
+        loss_prediction = prediction_loss(predicted, targets[:, None].expand_as(predicted), real_targets,
+                                          self.config.smooth_l1_beta)
+        pred_var, pred_cov = vicreg_terms(predicted[real_targets])
+        ctx_var, ctx_cov = vicreg_terms(context_out[context_mask])
+        regulariser = pred_var + pred_cov + ctx_var + ctx_cov
+        loss = loss_prediction + self.config.vicreg_beta * regulariser
+        return {"loss": loss, "prediction": loss_prediction.detach(), "variance": (pred_var + ctx_var).detach(),
+                "covariance": (pred_cov + ctx_cov).detach(), "target_tokens": int(real_targets.sum()),
+                "context_tokens": int(context_mask.sum()), "targets": targets}
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        ema_update(self.target_encoder, self.context_encoder, momentum)
+
+    @torch.no_grad()
+    def embed(self, tokens, padding) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tile vectors [B, 2d] = [mean ‖ max] over real tokens, token outputs [B,T,d])."""
+        out = self.target_encoder(tokens, padding)
+        real = (~padding)[..., None]
+        count = real.sum(dim=1).clamp(min=1)
+        mean = (out * real).sum(dim=1) / count
+        peak = out.masked_fill(~real, float("-inf")).amax(dim=1)
+        peak = torch.where(real.any(dim=1), peak, torch.zeros_like(peak))
+        return torch.cat([mean, peak], dim=-1), out
