@@ -454,50 +454,75 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 
 
 @cli.command("pretrain")
-@click.option("--model", "model", type=click.Choice(["polygnn"]), required=True,
-              help="What to pretrain: polygnn, the geometry encoder (GeoJEPA itself comes next).")
+@click.option("--model", "model", type=click.Choice(["geojepa", "polygnn"]), default="geojepa", show_default=True,
+              help="geojepa: the JEPA over tag and geometry tokens; polygnn: the geometry encoder it uses.")
+@click.option("--modalities", default="T,G", show_default=True,
+              help="geojepa: the tokens to learn from, a subset of T (tags), G (geometry), I (images).")
 @click.option("--pretext", type=click.Choice(["digits", "osm"]), default="digits", show_default=True,
-              help="digits: Digits-P-2 classification; osm: shape descriptors of a dataset's own entities.")
+              help="polygnn: digits (Digits-P-2 classification) or osm (a dataset's own shapes).")
 @click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"),
-              show_default=True, help="--pretext osm: the dataset whose entity graphs to learn from.")
+              show_default=True, help="The dataset (geojepa, and polygnn --pretext osm).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="The run directory [default: runs/polygnn-PRETEXT].")
+              help="The run directory [default: runs/geojepa-MODALITIES or runs/polygnn-PRETEXT].")
+@click.option("--tag-embeddings", type=click.Path(path_type=Path), default=Path("tag-embeddings.parquet"),
+              show_default=True, help="geojepa: the tag vectors from `gjp embed-tags`.")
+@click.option("--geometry-encoder", type=click.Path(path_type=Path), default=Path("runs/polygnn-digits"),
+              show_default=True, help="geojepa: the run of `gjp pretrain --model polygnn` whose encoder makes the G tokens.")
+@click.option("--splits", type=click.Path(path_type=Path), default=Path("tasks/splits.csv"), show_default=True,
+              help="geojepa: pretrain on the train groups, validate on the val groups (test groups never enter).")
+@click.option("--all-tiles", is_flag=True, help="geojepa: pretrain on every tile (no splits; the probes are then less honest).")
 @click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
-              help="Encoder size.")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--lr", type=FiniteFloat(0, low_open=True), default=3e-3, show_default=True, help="Peak learning rate.")
+              help="Model size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: geojepa 10, polygnn 20]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: geojepa 32 tiles, polygnn 64 entities]")
+@click.option("--lr", type=FiniteFloat(0, low_open=True), default=None, help="Peak learning rate [default: geojepa 5e-4, polygnn 3e-3].")
 @click.option("--n-per-class", type=click.IntRange(min=1), default=40, show_default=True,
-              help="--pretext digits: training samples per class (val and test get an eighth).")
+              help="polygnn --pretext digits: training samples per class (val and test get an eighth).")
 @click.option("--max-entities", type=click.IntRange(min=1), default=20000, show_default=True,
-              help="--pretext osm: a seeded sample of at most this many entities.")
-@click.option("--no-spanning-tree", is_flag=True, help="Train on whole graphs (no random-spanning-tree augmentation).")
+              help="polygnn --pretext osm: a seeded sample of at most this many entities.")
+@click.option("--no-spanning-tree", is_flag=True, help="polygnn: train on whole graphs (no random-spanning-tree augmentation).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common
-def pretrain_cmd(model, pretext, dataset, output, preset, epochs, batch_size, lr, n_per_class, max_entities,
-                 no_spanning_tree, seed, device, overwrite, quiet):
-    """Pretrain a model and write runs/NAME/ (config.json, model.pt, metrics.jsonl).
+def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, geometry_encoder, splits, all_tiles,
+                 preset, epochs, batch_size, lr, n_per_class, max_entities, no_spanning_tree, seed, device, overwrite,
+                 quiet):
+    """Pretrain a model and write runs/NAME/ (config.json, weights, metrics.jsonl).
 
-    polygnn: the geometry encoder (a PolygonGNN-style graph network over each entity's
-    vertices, geometry and visibility edges), trained on Digits-P-2 (two handwritten
-    digits as one multipolygon, 90 classes) or on a dataset's own entities (kind and shape
-    descriptors). The weights of the best validation epoch are kept; the test split is
-    scored once with them.
+    geojepa: self-supervised pretraining over each tile's entity tokens (tags through the
+    frozen tag embeddings, geometry through a frozen polygnn encoder): a context encoder
+    predicts, from what a mask leaves it, the target encoder's outputs for the masked
+    tokens. It trains on the train groups of tasks/splits.csv and reports a validation
+    loss on the val groups.
+
+    polygnn: the geometry encoder, trained on Digits-P-2 (two handwritten digits as one
+    multipolygon, 90 classes) or on a dataset's own entities (kind and shape descriptors).
 
     \b
     Example:
-      gjp pretrain --model polygnn --pretext digits -o runs/polygnn-digits/
+      gjp pretrain --model polygnn --pretext digits
+      gjp pretrain --modalities T,G
       gjp pretrain --model polygnn --pretext osm -i dataset.h5 --epochs 10
     """
-    from gjp.pretrain.polygnn import PolygnnTrainConfig, pretrain_polygnn
-
     reporter = _reporter(quiet)
-    config = PolygnnTrainConfig(pretext=pretext, preset=preset, epochs=epochs, batch_size=batch_size, lr=lr,
-                                spanning_tree=not no_spanning_tree, seed=seed, n_per_class=n_per_class,
-                                dataset=str(dataset), max_entities=max_entities)
-    output = output or Path("runs") / f"polygnn-{pretext}"
-    report = pretrain_polygnn(output, config, device=device, overwrite=overwrite, reporter=reporter)
+    if model == "polygnn":
+        from gjp.pretrain.polygnn import PolygnnTrainConfig, pretrain_polygnn
+
+        config = PolygnnTrainConfig(pretext=pretext, preset=preset, epochs=epochs or 20, batch_size=batch_size or 64,
+                                    lr=lr or 3e-3, spanning_tree=not no_spanning_tree, seed=seed,
+                                    n_per_class=n_per_class, dataset=str(dataset), max_entities=max_entities)
+        output = output or Path("runs") / f"polygnn-{pretext}"
+        report = pretrain_polygnn(output, config, device=device, overwrite=overwrite, reporter=reporter)
+    else:
+        from gjp.pretrain.geojepa import GeoJepaTrainConfig, pretrain_geojepa
+
+        config = GeoJepaTrainConfig(modalities=modalities, preset=preset, epochs=epochs or 10,
+                                    batch_size=batch_size or 32, lr=lr or 5e-4, seed=seed, dataset=str(dataset),
+                                    tag_embeddings=str(tag_embeddings), geometry_encoder=str(geometry_encoder),
+                                    splits=str(splits), all_tiles=all_tiles)
+        name = "".join(sorted(config.modality_set(), key="TGI".index))
+        output = output or Path("runs") / f"geojepa-{name}"
+        report = pretrain_geojepa(output, config, device=device, overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
 

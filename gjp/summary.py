@@ -96,7 +96,7 @@ def summarize(path: str | Path) -> tuple[str, dict]:
     if not path.exists():
         raise GjpError(f"{path}: no such file or directory")
     if path.is_dir():
-        if (path / "config.json").exists() and (path / "model.pt").exists():
+        if (path / "config.json").exists() and ((path / "model.pt").exists() or (path / "checkpoint.pt").exists()):
             from gjp.pretrain.runs import summarize_run
 
             return "run", summarize_run(path)

@@ -83,3 +83,29 @@ class Conditioning(nn.Module):
         if self.training and self.noise > 0:
             min_box = min_box + self.noise * torch.randn(min_box.shape, generator=generator, device=min_box.device)
         return self.box(min_box) + self.modality(modality)
+
+
+class EntityTokenizer(nn.Module):
+    """A batch of ``collate_tiles`` → ``(tokens, conditions, padding)``, ``[B,E,d]`` each
+    (padding ``[B,E]``): every entity's fused tag/geometry token with its conditioning
+    added, the conditioning alone (what the predictor is told about a slot), and where the
+    padding is. ``tags`` and ``geometry`` may each be None (that modality is off)."""
+
+    def __init__(self, dim: int, tags: TagTokens | None, geometry: GeometryTokens | None,
+                 dropout: float = 0.3, noise: float = 5e-4):
+        super().__init__()
+        if tags is None and geometry is None:
+            raise ValueError("an entity tokenizer needs tags, geometry or both")
+        self.dim, self.tags, self.geometry = dim, tags, geometry
+        self.fusion = EntityFusion(dim, dropout)
+        self.conditioning = Conditioning(dim, noise)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None):
+        tag = self.tags(batch["tag_ids"], batch["tag_offsets"]) if self.tags is not None else None
+        geometry = self.geometry(batch["graph"]) if self.geometry is not None else None
+        entities = self.fusion(tag, geometry, generator)                       # [N_entities, d]
+        padding = batch["padding_mask"]
+        tokens = entities.new_zeros(*padding.shape, self.dim)
+        tokens = tokens.index_put((batch["entity_batch"], batch["entity_slot"]), entities)
+        conditions = self.conditioning(batch["min_box"], batch["modality"], generator)
+        return tokens + conditions, conditions, padding

@@ -82,9 +82,12 @@ def summarize_run(run_dir: str | Path) -> dict:
     config = read_run_config(run_dir)
     summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
     metrics = read_metrics(run_dir)
+    epochs = len({m.get("epoch") for m in metrics})  # polygnn logs epochs, geojepa steps
+    train = config.get("train", {})
     return {"path": str(run_dir), "model": config.get("model"), "pretext": config.get("pretext"),
+            "modalities": train.get("modalities") if config.get("model") == "geojepa" else None,
             "preset": config.get("preset"), "model_config": config.get("model_config", {}),
-            "epochs": len(metrics), "parameters": config.get("parameters"), "summary": summary,
+            "epochs": epochs, "parameters": config.get("parameters"), "summary": summary,
             "command": config.get("command")}
 
 
@@ -92,7 +95,8 @@ def format_run(s: dict) -> str:
     mc = s["model_config"]
     lines = [f"{s['path']}: gjp run of {s['model']} ({s['preset']} preset: "
              + ", ".join(f"{k} {v}" for k, v in mc.items()) + f"; {s['parameters']} parameters)",
-             f"  pretext {s['pretext']}, {s['epochs']} epochs"]
+             f"  {'modalities ' + s['modalities'] if s.get('modalities') else 'pretext ' + str(s['pretext'])}, "
+             f"{s['epochs']} epochs"]
     summary = s["summary"]
     if summary:
         lines.append("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

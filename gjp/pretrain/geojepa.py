@@ -1,0 +1,283 @@
+"""``gjp pretrain --modalities T,G``: self-supervised pretraining of GeoJEPA on
+``dataset.h5`` (tags and geometry; images come with the image tokenizer).
+
+One explicit loop, I-JEPA style: batches of similar length (the loader's sampler), masks
+drawn by :class:`gjp.pretrain.masks.MaskingCollator` (seeded per batch, so the number of
+workers changes nothing), the tokenizer (:class:`gjp.models.tokenizers.EntityTokenizer`,
+trained along: the target encoder reads the same tokens), the model
+(:class:`gjp.models.geojepa.GeoJepa`), AdamW (β = 0.9, 0.95) with the learning rate,
+weight decay and EMA momentum of :mod:`gjp.pretrain.schedules` set at every step, clipping,
+and the target encoder's EMA update. Pretraining uses the **train** groups of
+``tasks/splits.csv`` and reports a validation JEPA loss on the **val** groups after every
+epoch: test groups never enter, so the probes stay honest (``--all-tiles`` overrides).
+A collapse check stops the run with one line when the target encoder's outputs lose
+their spread.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gjp import __version__
+from gjp.errors import GjpError
+from gjp.io import atomic_directory, check_output_free, command_line, read_text, write_json
+from gjp.pretrain.masks import MaskConfig
+from gjp.pretrain.runs import FORMAT, FORMAT_VERSION
+from gjp.ui import QUIET, Reporter
+
+MODALITIES = ("T", "G", "I")
+
+
+@dataclass
+class GeoJepaTrainConfig:
+    modalities: str = "T,G"
+    preset: str = "tiny"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup: float = 0.1
+    weight_decay: tuple = (0.04, 0.4)
+    momentum: tuple = (0.996, 0.9999)
+    grad_clip: float = 10.0
+    modality_dropout: float = 0.3
+    position_noise: float = 5e-4
+    collapse_std: float = 1e-3       # stop when the target outputs' spread falls below this
+    seed: int = 0
+    dataset: str = "dataset.h5"
+    tag_embeddings: str = "tag-embeddings.parquet"
+    geometry_encoder: str = "runs/polygnn-digits"
+    splits: str = "tasks/splits.csv"
+    all_tiles: bool = False
+    mask: dict = field(default_factory=lambda: asdict(MaskConfig()))
+
+    def modality_set(self) -> set[str]:
+        chosen = {m.strip().upper() for m in self.modalities.split(",") if m.strip()}
+        if not chosen or chosen - set(MODALITIES):
+            raise GjpError(f"--modalities {self.modalities!r}: give a non-empty subset of T,G,I (e.g. T,G)")
+        if "I" in chosen:
+            raise GjpError("--modalities I: image tokens are not built yet; use T, G or T,G")
+        return chosen
+
+
+# --------------------------------------------------------------------------- building
+
+def tile_splits(dataset: str | Path, splits: str | Path, all_tiles: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(train tiles, val tiles) of ``dataset`` by the group splits; never a test group."""
+    from gjp.dataset.format import decode, open_dataset
+
+    with open_dataset(dataset) as f:
+        groups = decode(f["tiles/group"][()])
+    n = len(groups)
+    if all_tiles:
+        everything = np.arange(n)
+        return everything, everything[:0]
+    path = Path(splits)
+    if not path.exists():
+        raise GjpError(f"{path}: no splits (make them with `gjp mktask`, or pretrain on every tile with --all-tiles)")
+    split_of = {}
+    reader = csv.DictReader(io.StringIO(read_text(path, "splits table"), newline=""))
+    if reader.fieldnames != ["group", "split"]:
+        raise GjpError(f"{path}: expected the columns group,split")
+    for row in reader:
+        split_of[row["group"]] = row["split"]
+    split = np.array([split_of.get(g, "test") for g in groups])  # a group without a split is held out
+    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
+    if not len(train):
+        raise GjpError(f"{path}: no tile of {dataset} is in a train group")
+    return train, val
+
+
+def build_model(config: GeoJepaTrainConfig, tag_table, geometry_run: str | None):
+    """The tokenizer and the model of a run (weights initialised from the seed)."""
+    import torch
+
+    from gjp.models.geojepa import GeoJepa, GeoJepaConfig
+    from gjp.models.tokenizers import EntityTokenizer, GeometryTokens, TagTokens
+
+    torch.manual_seed(config.seed)
+    try:
+        model_config = GeoJepaConfig.preset(config.preset)
+    except ValueError as err:
+        raise GjpError(f"--preset: {err}") from None
+    modalities = config.modality_set()
+    tags = TagTokens(torch.tensor(np.asarray(tag_table)), model_config.dim) if "T" in modalities else None
+    geometry = None
+    if "G" in modalities:
+        from gjp.embedders.geometry import load_polygnn
+
+        encoder, _ = load_polygnn(geometry_run)
+        geometry = GeometryTokens(encoder, model_config.dim)
+    tokenizer = EntityTokenizer(model_config.dim, tags, geometry, config.modality_dropout, config.position_noise)
+    return tokenizer, GeoJepa(model_config), model_config
+
+
+def _tag_table(dataset, tag_embeddings) -> np.ndarray:
+    from gjp.dataset.format import read_vocabulary
+    from gjp.tag_embeddings import read_tag_embeddings
+
+    tags, vectors, _ = read_tag_embeddings(tag_embeddings)
+    if tags != read_vocabulary(dataset).entries:
+        raise GjpError(f"{tag_embeddings}: made for another vocabulary than {dataset}'s (run `gjp embed-tags -i {dataset}`)")
+    return vectors
+
+
+def effective_rank(x) -> float:
+    """exp of the entropy of the normalised singular values of ``x`` [N, D]."""
+    import torch
+
+    if x.shape[0] < 2:
+        return 0.0
+    s = torch.linalg.svdvals(x.float() - x.float().mean(dim=0))
+    p = s / s.sum().clamp(min=1e-12)
+    return float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()))
+
+
+# --------------------------------------------------------------------------- the loop
+
+@dataclass
+class JepaReport:
+    output: Path
+    epochs: int
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    seconds: float
+
+    def summary(self) -> str:
+        val = f", val loss {self.val_loss:.4f}" if self.val_loss is not None else ""
+        return (f"geojepa: {self.epochs} epochs, {self.steps} steps, train loss {self.train_loss:.4f}{val} "
+                f"({self.seconds:.0f} s) -> {self.output}")
+
+
+def pretrain_geojepa(output: str | Path, config: GeoJepaTrainConfig | None = None, *, device: str = "auto",
+                     overwrite: bool = False, reporter: Reporter = QUIET) -> JepaReport:
+    import torch
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)  # same seed, same weights on CPU
+    try:
+        return _pretrain(Path(output), config or GeoJepaTrainConfig(), device, overwrite, reporter)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: bool,
+              reporter: Reporter) -> JepaReport:
+    import torch
+
+    from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset
+    from gjp.device import autocast, resolve_device
+    from gjp.pretrain.masks import MaskingCollator
+    from gjp.pretrain.schedules import ema_momentum, learning_rate, weight_decay
+
+    config.modality_set()
+    check_output_free(output, overwrite, directory=True)
+    device = resolve_device(device)
+    started = time.perf_counter()
+    train_tiles, val_tiles = tile_splits(config.dataset, config.splits, config.all_tiles)
+    modalities = config.modality_set()
+    table = _tag_table(config.dataset, config.tag_embeddings) if "T" in modalities else None
+    tokenizer, model, model_config = build_model(config, table, config.geometry_encoder)
+    tokenizer.to(device)
+    model.to(device)
+    collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed)
+    train_set, val_set = TileDataset(config.dataset, train_tiles), TileDataset(config.dataset, val_tiles)
+    train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed)
+    val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1)
+    trainable = [p for m in (tokenizer, model) for p in m.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95))
+    steps_per_epoch = len(train_sampler)
+    total = steps_per_epoch * config.epochs
+    generator = torch.Generator().manual_seed(config.seed)
+    run_config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "geojepa",
+                  "model_config": model_config.to_dict(), "preset": config.preset, "train": asdict(config),
+                  "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
+                  "parameters": sum(p.numel() for p in trainable), "gjp_version": __version__,
+                  "torch_version": torch.__version__, "command": command_line()}
+    metrics, step, train_loss, val_loss = [], 0, float("nan"), None
+    bar = reporter.progress(total=total, desc="geojepa", unit=" step")
+    last = time.perf_counter()
+    for epoch in range(config.epochs):
+        train_sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=collator)
+        tokenizer.train()
+        model.train()
+        for batch in loader:
+            lr = learning_rate(step, total, config.lr, warmup=config.warmup)
+            wd = weight_decay(step, total, start=config.weight_decay[0], end=config.weight_decay[1])
+            momentum = ema_momentum(step, total, start=config.momentum[0], end=config.momentum[1])
+            for group in optimiser.param_groups:
+                group["lr"], group["weight_decay"] = lr, wd
+            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            with autocast(device):
+                tokens, conditions, padding = tokenizer(batch, generator)
+                out = model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
+            loss = out["loss"].float()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+            optimiser.step()
+            model.update_target(momentum)
+            targets = out["targets"][~padding].detach().float()
+            spread = float(targets.std(dim=0).mean()) if len(targets) > 1 else 0.0
+            train_loss = float(loss.detach())
+            if not np.isfinite(train_loss):
+                raise GjpError(f"geojepa: the loss became {train_loss} at step {step}; try a smaller --lr")
+            if spread < config.collapse_std and step >= steps_per_epoch:
+                raise GjpError(f"geojepa: collapsed at step {step} (target outputs' spread {spread:.2e} < "
+                               f"{config.collapse_std:g}); try a smaller --lr")
+            metrics.append({"step": step, "epoch": epoch + 1, "loss": train_loss,
+                            "prediction": float(out["prediction"]), "variance": float(out["variance"]),
+                            "covariance": float(out["covariance"]), "lr": lr, "weight_decay": wd,
+                            "momentum": momentum, "context_tokens": out["context_tokens"],
+                            "target_tokens": out["target_tokens"], "target_std": spread,
+                            "target_rank": effective_rank(targets[:512]),
+                            "tiles_per_s": round(len(batch["names"]) / max(time.perf_counter() - last, 1e-9), 1)})
+            last = time.perf_counter()  # tiles/s counts loading and masking too
+            step += 1
+            bar.update()
+            bar.set_postfix(loss=f"{train_loss:.4f}", epoch=epoch + 1)
+        if len(val_tiles):
+            val_loss = _validation_loss(tokenizer, model, val_set, val_sampler, collator, epoch, device)
+            metrics[-1]["val_loss"] = val_loss
+    bar.close()
+    seconds = time.perf_counter() - started
+    checkpoint = {"tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
+                  "optimizer": optimiser.state_dict(), "step": step}
+    with atomic_directory(output, overwrite) as staging:
+        write_json(staging / "config.json", run_config)
+        torch.save(checkpoint, staging / "checkpoint.pt")
+        (staging / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics),
+                                               encoding="utf-8")
+        write_json(staging / "summary.json", {"epochs": config.epochs, "steps": step, "train_loss": train_loss,
+                                              "val_loss": val_loss, "seconds": round(seconds, 1)})
+    return JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
+
+
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
+def _validation_loss(tokenizer, model, dataset, sampler, collator, epoch, device) -> float:
+    import torch
+
+    sampler.set_epoch(epoch)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)
+    tokenizer.eval()
+    model.eval()
+    losses, weights = [], []
+    with torch.no_grad():
+        for batch in loader:
+            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            tokens, conditions, padding = tokenizer(batch)
+            out = model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
+            losses.append(float(out["prediction"]))
+            weights.append(out["target_tokens"])
+    return float(np.average(losses, weights=weights)) if losses else float("nan")

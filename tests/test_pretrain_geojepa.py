@@ -1,0 +1,75 @@
+"""`gjp pretrain --modalities T,G`: a tiny GeoJEPA learns on a real extract, never sees a
+test group, and refuses bad input with one line."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from gjp.dataset.format import decode, open_dataset
+from gjp.errors import GjpError
+from gjp.pretrain.geojepa import GeoJepaTrainConfig, pretrain_geojepa, tile_splits
+from gjp.pretrain.polygnn import PolygnnTrainConfig, pretrain_polygnn
+
+
+@pytest.fixture(scope="module")
+def workspace(monaco_dataset, tmp_path_factory):
+    """Monaco's dataset, its splits (from a task), tag embeddings, a tiny geometry encoder."""
+    from gjp.tag_embeddings import embed_tags
+    from gjp.tasks.make import make_task
+    from gjp.tasks.spec import load_spec
+
+    ws = tmp_path_factory.mktemp("jepa")
+    shutil.copy(monaco_dataset[2], ws / "dataset.h5")
+    make_task(load_spec("building_count"), ws / "dataset.h5", ws / "tasks" / "building_count")
+    embed_tags(ws / "dataset.h5", ws / "tag-embeddings.parquet")
+    pretrain_polygnn(ws / "runs" / "polygnn", PolygnnTrainConfig(pretext="digits", n_per_class=2, epochs=1),
+                     device="cpu")
+    return ws
+
+
+def config(ws, **overrides):
+    values = dict(dataset=str(ws / "dataset.h5"), tag_embeddings=str(ws / "tag-embeddings.parquet"),
+                  geometry_encoder=str(ws / "runs" / "polygnn"), splits=str(ws / "tasks" / "splits.csv"),
+                  epochs=4, batch_size=8, lr=1e-3)
+    return GeoJepaTrainConfig(**{**values, **overrides})
+
+
+def test_a_tiny_geojepa_learns_and_reports_validation(workspace, tmp_path):
+    report = pretrain_geojepa(tmp_path / "run", config(workspace), device="cpu")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["prediction"] for r in rows[:3]]), np.mean([r["prediction"] for r in rows[-3:]])
+    assert last < 0.8 * first
+    assert report.val_loss is not None and np.isfinite(report.val_loss)
+    assert all(r["target_std"] > 0 and r["context_tokens"] > 0 and r["target_tokens"] > 0 for r in rows)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl",
+                                                                  "summary.json"]
+
+
+def test_no_test_group_tile_enters_pretraining(workspace):
+    train, val = tile_splits(workspace / "dataset.h5", workspace / "tasks" / "splits.csv", all_tiles=False)
+    with open_dataset(workspace / "dataset.h5") as f:
+        groups = decode(f["tiles/group"][()])
+    split = dict(line.split(",") for line in (workspace / "tasks" / "splits.csv").read_text().split()[1:])
+    assert {split[groups[i]] for i in train} == {"train"} and {split[groups[i]] for i in val} <= {"val"}
+    assert not set(train) & set(val)
+    held_out = [i for i, g in enumerate(groups) if split.get(g, "test") == "test"]
+    assert held_out and not set(held_out) & (set(train) | set(val))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"modalities": "I"}, "image tokens"),
+    ({"modalities": "X"}, "subset of T,G,I"),
+    ({"tag_embeddings": "nowhere.parquet"}, "no such file"),
+    ({"splits": "nowhere.csv"}, "no splits"),
+    ({"geometry_encoder": "nowhere"}, "not a run directory"),
+], ids=["images", "unknown", "no-tag-embeddings", "no-splits", "no-geometry-run"])
+def test_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, overrides, message):
+    cfg = config(workspace, **overrides)
+    for key in ("tag_embeddings", "splits", "geometry_encoder"):
+        if key in overrides:
+            setattr(cfg, key, str(tmp_path / overrides[key]))
+    with pytest.raises(GjpError, match=message):
+        pretrain_geojepa(tmp_path / "run", cfg, device="cpu")
+    assert not list(tmp_path.iterdir())
