@@ -529,7 +529,7 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
 
 @cli.command("embed")
 @click.option("--model", "model", required=True,
-              help="tagcount, tagpool, vit_b_16, resnet50, or polygnn (with --checkpoint).")
+              help="tagcount, tagpool, vit_b_16, resnet50, polygnn (with --checkpoint), or a GeoJEPA run (runs/NAME/).")
 @click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"), show_default=True)
 @click.option("--task", "task_dir", type=click.Path(path_type=Path),
               help="Embed what a task's model may see (tasks/NAME-masked/ → its masked inputs).")
@@ -563,6 +563,7 @@ def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, checkpo
       gjp embed --model tagcount --task tasks/bridge-masked/
       gjp embed --model vit_b_16 --weights imagenet
       gjp embed --model polygnn --checkpoint runs/polygnn-osm/
+      gjp embed --model runs/geojepa-TG/ --task tasks/bridge-masked/
     """
     from gjp.device import resolve_device
     from gjp.embedders.embed import embed

@@ -73,3 +73,45 @@ def test_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, overrides
     with pytest.raises(GjpError, match=message):
         pretrain_geojepa(tmp_path / "run", cfg, device="cpu")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def run(workspace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("geojepa-run") / "geojepa-TG"
+    pretrain_geojepa(out, config(workspace, epochs=2), device="cpu")
+    return out
+
+
+def test_embeddings_do_not_depend_on_the_batch_and_feed_every_evaluation(workspace, run, tmp_path):
+    from gjp.embedders.embed import embed
+    from gjp.embedders.geojepa import geojepa_embeddings
+    from gjp.embeddings import read_embeddings
+
+    one = geojepa_embeddings(workspace / "dataset.h5", run, batch_size=1)
+    many = geojepa_embeddings(workspace / "dataset.h5", run, batch_size=16)
+    np.testing.assert_allclose(one.vectors, many.vectors, atol=1e-5)
+    np.testing.assert_allclose(one.entity_vectors, many.entity_vectors, atol=1e-5)
+    report = embed(str(run), workspace / "dataset.h5", tmp_path / "e.h5")
+    emb = read_embeddings(tmp_path / "e.h5", entities=True)
+    assert report.model == "geojepa-TG" and emb.vectors.shape[1] == 2 * emb.entity_vectors.shape[1]
+    from gjp.evaluate.knn import query_entities, query_tiles
+
+    assert len(query_tiles(tmp_path / "e.h5", emb.names[0], 3, "cosine")[1]) == 3
+    assert len(query_entities(tmp_path / "e.h5", f"{emb.names[0]}:0", 3, "cosine")[1]) == 3
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: (r / "checkpoint.pt").write_bytes(b"junk"), "not a readable checkpoint"),
+    (lambda r: (r / "config.json").write_text((r / "config.json").read_text().replace('"geojepa"', '"polygnn"')),
+     "not 'geojepa'"),
+    (lambda r: (r / "config.json").write_text((r / "config.json").read_text().replace('"dim": 64', '"dim": 32')),
+     "do not fit"),
+], ids=["corrupt", "other-model", "other-size"])
+def test_a_bad_run_is_one_line(run, tmp_path, damage, message):
+    from gjp.embedders.geojepa import load_geojepa
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    damage(copy)
+    with pytest.raises(GjpError, match=message):
+        load_geojepa(copy)

@@ -39,15 +39,27 @@ def default_output(model: str, task: str | None) -> Path:
 def embed(model: str, dataset: str | Path = "dataset.h5", output: str | Path | None = None, *,
           task: str | Path | None = None, overwrite: bool = False, reporter: Reporter = QUIET,
           **options) -> EmbedStepReport:
-    """Embed every tile of ``dataset`` (or of ``task``'s inputs) with ``model``."""
-    if model not in EMBEDDERS:
-        raise GjpError(f"unknown model {model!r}: choose one of {', '.join(EMBEDDERS)}")
+    """Embed every tile of ``dataset`` (or of ``task``'s inputs) with ``model``: a name of
+    :data:`EMBEDDERS`, or a GeoJEPA run directory (``runs/NAME/``)."""
+    embedder = EMBEDDERS.get(model)
+    if embedder is None and (Path(model) / "config.json").exists():
+        from gjp.embedders.geojepa import geojepa_embeddings
+
+        run = Path(model)
+        options["checkpoint"] = run
+        model = run.name
+
+        def embedder(dataset, **kw):
+            return geojepa_embeddings(dataset, **kw)
+    if embedder is None:
+        raise GjpError(f"unknown model {model!r}: choose one of {', '.join(EMBEDDERS)}, or a run directory "
+                       "of `gjp pretrain` (runs/NAME/)")
     task_name = None
     if task is not None:
         dataset, task_name = task_inputs(task)
     output = Path(output) if output is not None else default_output(model, task_name)
     check_output_free(output, overwrite)
-    result = EMBEDDERS[model](Path(dataset), reporter=reporter, **options)
+    result = embedder(Path(dataset), reporter=reporter, **options)
     if len(result.names) == 0:
         raise GjpError(f"{dataset}: {model} has nothing to embed (no tile has its input)")
     write_embeddings(output, result.names, result.vectors, model=model, dataset=str(dataset), task=task_name,

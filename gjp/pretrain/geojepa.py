@@ -94,26 +94,25 @@ def tile_splits(dataset: str | Path, splits: str | Path, all_tiles: bool) -> tup
     return train, val
 
 
-def build_model(config: GeoJepaTrainConfig, tag_table, geometry_run: str | None):
-    """The tokenizer and the model of a run (weights initialised from the seed)."""
+def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, model_config=None):
+    """The tokenizer and the model of a run (weights initialised from the seed):
+    ``tag_table`` [vocabulary, D] when T is on, ``geometry_encoder`` (a PolygonEncoder)
+    when G is on; ``model_config`` (a GeoJepaConfig) instead of the preset's, when a saved
+    run is rebuilt."""
     import torch
 
     from gjp.models.geojepa import GeoJepa, GeoJepaConfig
     from gjp.models.tokenizers import EntityTokenizer, GeometryTokens, TagTokens
 
     torch.manual_seed(config.seed)
-    try:
-        model_config = GeoJepaConfig.preset(config.preset)
-    except ValueError as err:
-        raise GjpError(f"--preset: {err}") from None
+    if model_config is None:
+        try:
+            model_config = GeoJepaConfig.preset(config.preset)
+        except ValueError as err:
+            raise GjpError(f"--preset: {err}") from None
     modalities = config.modality_set()
     tags = TagTokens(torch.tensor(np.asarray(tag_table)), model_config.dim) if "T" in modalities else None
-    geometry = None
-    if "G" in modalities:
-        from gjp.embedders.geometry import load_polygnn
-
-        encoder, _ = load_polygnn(geometry_run)
-        geometry = GeometryTokens(encoder, model_config.dim)
+    geometry = GeometryTokens(geometry_encoder, model_config.dim) if "G" in modalities else None
     tokenizer = EntityTokenizer(model_config.dim, tags, geometry, config.modality_dropout, config.position_noise)
     return tokenizer, GeoJepa(model_config), model_config
 
@@ -184,7 +183,12 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
     train_tiles, val_tiles = tile_splits(config.dataset, config.splits, config.all_tiles)
     modalities = config.modality_set()
     table = _tag_table(config.dataset, config.tag_embeddings) if "T" in modalities else None
-    tokenizer, model, model_config = build_model(config, table, config.geometry_encoder)
+    encoder, geometry_run = None, None
+    if "G" in modalities:
+        from gjp.embedders.geometry import load_polygnn
+
+        encoder, geometry_run = load_polygnn(config.geometry_encoder)
+    tokenizer, model, model_config = build_model(config, table, encoder)
     tokenizer.to(device)
     model.to(device)
     collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed)
@@ -198,6 +202,9 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
     generator = torch.Generator().manual_seed(config.seed)
     run_config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "geojepa",
                   "model_config": model_config.to_dict(), "preset": config.preset, "train": asdict(config),
+                  "geometry_config": geometry_run["model_config"] if geometry_run else None,
+                  "vocabulary": int(len(table)) if table is not None else None,
+                  "tag_dim": int(table.shape[1]) if table is not None else None,
                   "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
                   "parameters": sum(p.numel() for p in trainable), "gjp_version": __version__,
                   "torch_version": torch.__version__, "command": command_line()}

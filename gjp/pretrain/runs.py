@@ -39,20 +39,28 @@ def read_run_config(run_dir: str | Path, model: str | None = None) -> dict:
     return config
 
 
-def load_state_dict(run_dir: str | Path, model) -> None:
-    """Load ``model.pt`` into ``model`` (an ``nn.Module`` built from the run's config):
-    weights only, every key present and of the right shape, or a one-line error."""
-    import pickle
-
+def load_checkpoint(path: str | Path):
+    """``torch.load(path, weights_only=True)`` on the CPU, or a one-line error: a damaged
+    file makes torch raise anything from ``EOFError`` to ``struct.error``."""
     import torch
 
-    path = Path(run_dir) / "model.pt"
+    path = Path(path)
     if not path.exists():
         raise GjpError(f"{path}: no such file (the run did not finish?)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
-        raise GjpError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0][:120]})") from None
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 (every way a damaged file fails is the same problem)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise GjpError(f"{path}: not a readable checkpoint ({first[:120]})") from None
+
+
+def load_state_dict(run_dir: str | Path, model) -> None:
+    """Load ``model.pt`` into ``model`` (an ``nn.Module`` built from the run's config):
+    weights only, every key present and of the right shape, or a one-line error."""
+    import torch
+
+    path = Path(run_dir) / "model.pt"
+    state = load_checkpoint(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise GjpError(f"{path}: not a state dict")
     try:

@@ -1,0 +1,93 @@
+"""``gjp embed --model runs/NAME/``: tile and entity vectors from a pretrained GeoJEPA.
+
+The run's tokenizer (with its frozen tag table and geometry encoder, both saved in the
+checkpoint) makes every tile's tokens, unmasked and without noise or dropout; the target
+encoder reads them; a tile's vector is [mean ‖ max] over its real tokens (never padding:
+it does not depend on the batch), and each entity's token output is its entity vector.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gjp.dataset.format import decode, open_dataset
+from gjp.errors import GjpError
+from gjp.ui import QUIET, Reporter
+
+
+def load_geojepa(run_dir: str | Path, device="cpu"):
+    """``(tokenizer, model, config)`` of a run, weights loaded and checked, in eval mode."""
+
+    from gjp.models.geojepa import GeoJepaConfig
+    from gjp.models.polygnn import PolygonEncoder, PolygonEncoderConfig
+    from gjp.pretrain.geojepa import GeoJepaTrainConfig, build_model
+    from gjp.pretrain.runs import load_checkpoint, read_run_config
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir, model="geojepa")
+    path = run_dir / "checkpoint.pt"
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or not {"tokenizer", "model"} <= set(checkpoint):
+        raise GjpError(f"{path}: not a GeoJEPA checkpoint (no tokenizer and model weights)")
+    try:
+        train = GeoJepaTrainConfig(**config["train"])
+        model_config = GeoJepaConfig(**config["model_config"])
+        table = np.zeros((config["vocabulary"], config["tag_dim"]), np.float32) if config.get("vocabulary") else None
+        encoder = PolygonEncoder(PolygonEncoderConfig(**config["geometry_config"])) \
+            if config.get("geometry_config") else None
+    except (KeyError, TypeError) as err:
+        raise GjpError(f"{run_dir / 'config.json'}: damaged run configuration ({err})") from None
+    tokenizer, model, _ = build_model(train, table, encoder, model_config)
+    try:
+        tokenizer.load_state_dict(checkpoint["tokenizer"], strict=True)
+        model.load_state_dict(checkpoint["model"], strict=True)
+    except RuntimeError as err:
+        lines = str(err).splitlines()
+        raise GjpError(f"{path}: the weights do not fit the run's model "
+                       f"({(lines[1] if len(lines) > 1 else lines[0]).strip()[:160]})") from None
+    return tokenizer.to(device).eval(), model.to(device).eval(), config
+
+
+def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 16, device: str = "cpu",
+                       reporter: Reporter = QUIET, **_):
+    import torch
+
+    from gjp.dataset.loader import TileDataset, collate_tiles
+    from gjp.device import autocast
+    from gjp.embedders.baselines import EmbedResult
+
+    tokenizer, model, config = load_geojepa(checkpoint, device)
+    with open_dataset(dataset) as f:
+        names = decode(f["tiles/name"][()])
+        tile_offsets = f["tiles/entity_offsets"][()]
+        osm_type, osm_id = f["entities/osm_type"][()], f["entities/osm_id"][()]
+        vocabulary = len(f["vocab/tags"])
+        nodes = f["graph/nodes"][()]
+    if config.get("vocabulary") and vocabulary != config["vocabulary"]:
+        raise GjpError(f"{dataset}: a vocabulary of {vocabulary} tags, but {checkpoint} was trained on one of "
+                       f"{config['vocabulary']} (embed a dataset packed with --vocab from the same source)")
+    if not np.isfinite(nodes).all():
+        raise GjpError(f"{dataset}: a vertex has a coordinate that is not finite")
+    ds = TileDataset(dataset)
+    tiles = np.zeros((len(names), 2 * model.config.dim), np.float32)
+    entities = np.zeros((int(tile_offsets[-1]), model.config.dim), np.float32)
+    bar = reporter.progress(total=len(names), desc="geojepa embeddings", unit=" tile")
+    with torch.no_grad(), autocast(device):
+        for start in range(0, len(names), batch_size):
+            rows = list(range(start, min(start + batch_size, len(names))))
+            batch = collate_tiles([ds[i] for i in rows])
+            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            tokens, _, padding = tokenizer(batch)
+            vectors, outputs = model.embed(tokens, padding)
+            tiles[rows] = vectors.float().cpu().numpy()
+            real = outputs[batch["entity_batch"], batch["entity_slot"]].float().cpu().numpy()
+            entities[tile_offsets[start]:tile_offsets[rows[-1] + 1]] = real
+            bar.update(len(rows))
+    bar.close()
+    params = {"checkpoint": str(checkpoint), "modalities": config["train"].get("modalities"),
+              "preset": config.get("preset"),
+              "pooling": "tile = [mean, max] of the target encoder's outputs over real tokens"}
+    return EmbedResult(names, tiles, params, entity_offsets=tile_offsets, entity_vectors=entities,
+                       entity_osm_type=osm_type, entity_osm_id=osm_id)
