@@ -471,6 +471,7 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--splits", type=click.Path(path_type=Path), default=Path("tasks/splits.csv"), show_default=True,
               help="geojepa: pretrain on the train groups, validate on the val groups (test groups never enter).")
 @click.option("--all-tiles", is_flag=True, help="geojepa: pretrain on every tile (no splits; the probes are then less honest).")
+@click.option("--resume", is_flag=True, help="geojepa: continue an interrupted run from its last finished epoch.")
 @click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
               help="Model size.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: geojepa 10, polygnn 20]")
@@ -485,7 +486,7 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common
 def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, geometry_encoder, splits, all_tiles,
-                 preset, epochs, batch_size, lr, n_per_class, max_entities, no_spanning_tree, seed, device, overwrite,
+                 resume, preset, epochs, batch_size, lr, n_per_class, max_entities, no_spanning_tree, seed, device, overwrite,
                  quiet):
     """Pretrain a model and write runs/NAME/ (config.json, weights, metrics.jsonl).
 
@@ -522,7 +523,8 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
                                     splits=str(splits), all_tiles=all_tiles)
         name = "".join(sorted(config.modality_set(), key="TGI".index))
         output = output or Path("runs") / f"geojepa-{name}"
-        report = pretrain_geojepa(output, config, device=device, overwrite=overwrite, reporter=reporter)
+        report = pretrain_geojepa(output, config, device=device, overwrite=overwrite, resume=resume,
+                                  reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
 

@@ -17,12 +17,12 @@ class Reporter:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    def progress(self, iterable=None, *, total=None, desc: str = "", unit: str = "it"):
+    def progress(self, iterable=None, *, total=None, desc: str = "", unit: str = "it", initial: int = 0):
         from tqdm import tqdm
 
         # disable=None: no bars when stderr is not a terminal (logs stay free of \r junk)
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=True if self.quiet else None,
-                    file=sys.stderr, leave=False, dynamic_ncols=True)
+                    file=sys.stderr, leave=False, dynamic_ncols=True, initial=initial)
 
 
 QUIET = Reporter(quiet=True)

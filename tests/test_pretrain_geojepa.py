@@ -115,3 +115,42 @@ def test_a_bad_run_is_one_line(run, tmp_path, damage, message):
     damage(copy)
     with pytest.raises(GjpError, match=message):
         load_geojepa(copy)
+
+
+def test_a_resumed_run_goes_on_exactly_as_an_uninterrupted_one(workspace, tmp_path, monkeypatch):
+    import torch
+
+    from gjp.models.geojepa import GeoJepa
+    from gjp.pretrain.geojepa import progress_dir
+
+    cfg = config(workspace, epochs=3)
+    pretrain_geojepa(tmp_path / "whole", cfg, device="cpu")
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    per_epoch = sum(r["epoch"] == 1 for r in whole)
+
+    # the same run, killed in its third epoch
+    real, calls = GeoJepa.update_target, []
+
+    def dies_in_epoch_three(self, momentum):
+        calls.append(1)
+        if len(calls) == 2 * per_epoch + 1:
+            raise KeyboardInterrupt
+        return real(self, momentum)
+
+    monkeypatch.setattr(GeoJepa, "update_target", dies_in_epoch_three)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_geojepa(tmp_path / "cut", cfg, device="cpu")
+    monkeypatch.setattr(GeoJepa, "update_target", real)
+    assert not (tmp_path / "cut").exists() and (progress_dir(tmp_path / "cut") / "state.pt").exists()
+    with pytest.raises(GjpError, match="other settings"):
+        pretrain_geojepa(tmp_path / "cut", config(workspace, epochs=3, lr=2e-3), device="cpu", resume=True)
+    pretrain_geojepa(tmp_path / "cut", cfg, device="cpu", resume=True)
+    resumed = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in whole]
+    assert resumed[-1]["val_loss"] == whole[-1]["val_loss"]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not progress_dir(tmp_path / "cut").exists()
+    with pytest.raises(GjpError, match="nothing to resume"):
+        pretrain_geojepa(tmp_path / "again", cfg, device="cpu", resume=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,18 +157,53 @@ class JepaReport:
 
 
 def pretrain_geojepa(output: str | Path, config: GeoJepaTrainConfig | None = None, *, device: str = "auto",
-                     overwrite: bool = False, reporter: Reporter = QUIET) -> JepaReport:
+                     overwrite: bool = False, resume: bool = False, reporter: Reporter = QUIET) -> JepaReport:
+    """Train and write ``output``. After every epoch the state (weights, optimiser, step,
+    the generator of dropout and noise, the metrics so far) is saved to
+    ``.NAME.progress/`` beside the output; ``resume`` continues from there, and the run
+    then goes on exactly as if it had never stopped. The progress directory is removed
+    when the run is published."""
     import torch
 
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)  # same seed, same weights on CPU
     try:
-        return _pretrain(Path(output), config or GeoJepaTrainConfig(), device, overwrite, reporter)
+        return _pretrain(Path(output), config or GeoJepaTrainConfig(), device, overwrite, resume, reporter)
     finally:
         torch.use_deterministic_algorithms(previous)
 
 
-def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: bool,
+def progress_dir(output: Path) -> Path:
+    return output.parent / f".{output.name}.progress"
+
+
+def _save_progress(output: Path, run_config: dict, state: dict) -> None:
+    import torch
+
+    from gjp.io import atomic_file
+
+    directory = progress_dir(output)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_json(directory / "config.json", run_config, overwrite=True)
+    with atomic_file(directory / "state.pt", overwrite=True) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_progress(output: Path, run_config: dict) -> dict:
+    from gjp.io import read_json
+    from gjp.pretrain.runs import load_checkpoint
+
+    directory = progress_dir(output)
+    if not (directory / "state.pt").exists():
+        raise GjpError(f"{output}: nothing to resume (no {directory.name}/ from an interrupted run)")
+    saved = read_json(directory / "config.json", "run configuration")
+    if saved.get("train") != json.loads(json.dumps(run_config["train"])):
+        raise GjpError(f"{directory}: was made with other settings; resume with the same options, or start "
+                       "afresh without --resume")
+    return load_checkpoint(directory / "state.pt")
+
+
+def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: bool, resume: bool,
               reporter: Reporter) -> JepaReport:
     import torch
 
@@ -208,10 +244,23 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
                   "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
                   "parameters": sum(p.numel() for p in trainable), "gjp_version": __version__,
                   "torch_version": torch.__version__, "command": command_line()}
-    metrics, step, train_loss, val_loss = [], 0, float("nan"), None
-    bar = reporter.progress(total=total, desc="geojepa", unit=" step")
+    metrics, step, train_loss, val_loss, first_epoch = [], 0, float("nan"), None, 0
+    if resume:
+        state = _load_progress(output, run_config)
+        try:
+            tokenizer.load_state_dict(state["tokenizer"])
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            step, first_epoch, val_loss = int(state["step"]), int(state["epoch"]), state["val_loss"]
+            metrics = json.loads(state["metrics"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise GjpError(f"{progress_dir(output)}: damaged progress ({err}); start afresh without --resume") from None
+        train_loss = metrics[-1]["loss"] if metrics else float("nan")
+        reporter.info(f"resuming after epoch {first_epoch} (step {step})")
+    bar = reporter.progress(total=total, initial=step, desc="geojepa", unit=" step")
     last = time.perf_counter()
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         train_sampler.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=collator)
         tokenizer.train()
@@ -254,6 +303,11 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
         if len(val_tiles):
             val_loss = _validation_loss(tokenizer, model, val_set, val_sampler, collator, epoch, device)
             metrics[-1]["val_loss"] = val_loss
+        if epoch + 1 < config.epochs:
+            _save_progress(output, run_config, {
+                "tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
+                "optimizer": optimiser.state_dict(), "generator": generator.get_state(), "step": step,
+                "epoch": epoch + 1, "val_loss": val_loss, "metrics": json.dumps(metrics)})
     bar.close()
     seconds = time.perf_counter() - started
     checkpoint = {"tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
@@ -265,6 +319,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
                                                encoding="utf-8")
         write_json(staging / "summary.json", {"epochs": config.epochs, "steps": step, "train_loss": train_loss,
                                               "val_loss": val_loss, "seconds": round(seconds, 1)})
+    shutil.rmtree(progress_dir(output), ignore_errors=True)
     return JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
 
 
