@@ -295,7 +295,8 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
                             "momentum": momentum, "context_tokens": out["context_tokens"],
                             "target_tokens": out["target_tokens"], "target_std": spread,
                             "target_rank": effective_rank(targets[:512]),
-                            "tiles_per_s": round(len(batch["names"]) / max(time.perf_counter() - last, 1e-9), 1)})
+                            "tiles_per_s": round(len(batch["names"]) / max(time.perf_counter() - last, 1e-9), 1),
+                            "peak_memory_mb": _peak_memory_mb(device)})
             last = time.perf_counter()  # tiles/s counts loading and masking too
             step += 1
             bar.update()
@@ -321,6 +322,17 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
                                               "val_loss": val_loss, "seconds": round(seconds, 1)})
     shutil.rmtree(progress_dir(output), ignore_errors=True)
     return JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
+
+
+def _peak_memory_mb(device) -> float:
+    """The process's peak resident memory so far (and the GPU's, on CUDA), in MiB."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def _cpu(state: dict) -> dict:
