@@ -44,7 +44,9 @@ def test_a_tiny_geojepa_learns_and_reports_validation(workspace, tmp_path):
     assert report.val_loss is not None and np.isfinite(report.val_loss)
     assert all(r["target_std"] > 0 and r["context_tokens"] > 0 and r["target_tokens"] > 0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl",
-                                                                  "summary.json"]
+                                                                  "report.html", "summary.json"]
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count("<svg") >= 10 and "val_loss" in page and "target_rank" in page
 
 
 def test_no_test_group_tile_enters_pretraining(workspace):

@@ -34,7 +34,9 @@ def test_the_learning_rate_warms_up_then_follows_a_cosine():
 
 def test_a_digits_run_writes_its_directory_and_learns(digits_run):
     out, report = digits_run
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "model.pt", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.jsonl", "model.pt", "report.html",
+                                                     "summary.json"]
+    assert (out / "report.html").read_text().count("<svg") >= 3
     config = json.loads((out / "config.json").read_text())
     assert config["format"] == "gjp-run" and config["model"] == "polygnn" and config["train"]["seed"] == 0
     rows = read_metrics(out)

@@ -30,6 +30,7 @@ from gjp import __version__
 from gjp.errors import GjpError
 from gjp.io import atomic_directory, check_output_free, command_line, read_text, write_json
 from gjp.pretrain.masks import MaskConfig
+from gjp.pretrain.report import report_html
 from gjp.pretrain.runs import FORMAT, FORMAT_VERSION
 from gjp.ui import QUIET, Reporter
 
@@ -318,8 +319,13 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
         torch.save(checkpoint, staging / "checkpoint.pt")
         (staging / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics),
                                                encoding="utf-8")
-        write_json(staging / "summary.json", {"epochs": config.epochs, "steps": step, "train_loss": train_loss,
-                                              "val_loss": val_loss, "seconds": round(seconds, 1)})
+        summary = {"epochs": config.epochs, "steps": step, "train_loss": train_loss, "val_loss": val_loss,
+                   "seconds": round(seconds, 1)}
+        write_json(staging / "summary.json", summary)
+        page = report_html(f"geojepa {config.modalities} ({config.preset})", metrics, "step",
+                           ["loss", "prediction", "val_loss", "variance", "covariance", "target_std", "target_rank",
+                            "lr", "weight_decay", "momentum", "tiles_per_s", "peak_memory_mb"], summary)
+        (staging / "report.html").write_text(page, encoding="utf-8")
     shutil.rmtree(progress_dir(output), ignore_errors=True)
     return JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
 

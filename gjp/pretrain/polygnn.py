@@ -26,6 +26,7 @@ import numpy as np
 from gjp import __version__
 from gjp.errors import GjpError
 from gjp.io import atomic_directory, check_output_free, command_line, write_json
+from gjp.pretrain.report import report_html
 from gjp.pretrain.runs import FORMAT, FORMAT_VERSION
 from gjp.ui import QUIET, Reporter
 
@@ -272,6 +273,9 @@ def _pretrain(output, config, device, overwrite, reporter) -> PretrainReport:
         torch.save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, staging / "model.pt")
         (staging / "metrics.jsonl").write_text("".join(_json_line(r) for r in metrics), encoding="utf-8")
         write_json(staging / "summary.json", summary)
+        keys = ["train_loss", *[k for k in metrics[0] if k.startswith("val_")], "lr", "seconds"]
+        page = report_html(f"polygnn on {config.pretext} ({config.preset})", metrics, "epoch", keys, summary)
+        (staging / "report.html").write_text(page, encoding="utf-8")
     return PretrainReport(output, best[0], best[1], test_metrics or best[1], seconds, data.metric)
 
 

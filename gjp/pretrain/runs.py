@@ -8,6 +8,7 @@
 - ``metrics.jsonl``: one JSON object per epoch: losses, metrics, seconds;
 - ``summary.json``: the final numbers (best epoch, its validation metrics, the test
   metrics, the run's time).
+- ``report.html``: the curves of ``metrics.jsonl`` as inline SVG.
 
 A run is written into a staging directory and renamed into place when training ends, like
 every gjp output: an interrupted run leaves nothing.
