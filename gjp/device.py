@@ -54,3 +54,8 @@ def autocast(device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated batch with every tensor (and the graph batch) moved to ``device``."""
+    return {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}

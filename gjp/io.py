@@ -82,10 +82,10 @@ def reason(err: OSError) -> str:
 
 # --------------------------------------------------------------------------- output paths
 
-def check_output_path(path: str | Path, overwrite: bool, directory: bool) -> Path:
-    """Refuse outputs that cannot be written safely: no name (``-o ''``, ``-o .``), the
-    current directory or one above it, a directory where a file is meant (or the
-    reverse), or an existing output without ``overwrite``. Returns the path."""
+def check_output_free(path: str | Path, overwrite: bool, directory: bool = False) -> Path:
+    """Fail early, before any work, if ``path`` cannot be the output: no name (``-o ''``,
+    ``-o .``), the current directory or one above it, a directory where a file is meant (or
+    the reverse), or an existing output without ``overwrite``. Returns the path."""
     path = Path(path)
     text = str(path)
     if text in ("", ".") or path.name in ("", ".", ".."):
@@ -106,11 +106,6 @@ def check_output_path(path: str | Path, overwrite: bool, directory: bool) -> Pat
     if path.exists() and not overwrite and not (path.is_dir() and not any(path.iterdir())):
         raise GjpError(f"{path}: already exists (use --overwrite to replace it)")
     return path
-
-
-def check_output_free(path: str | Path, overwrite: bool, directory: bool = False) -> None:
-    """Fail early, before any work, if ``path`` cannot be the output."""
-    check_output_path(path, overwrite, directory)
 
 
 def _make_parent(path: Path) -> tuple[Path, Path | None]:
@@ -273,15 +268,38 @@ def atomic_directory(final: str | Path, overwrite: bool = False):
     A crash, Ctrl-C or SIGTERM leaves ``final`` as it was (absent, or the previous run's
     output), so a later step never reads half a directory.
     """
-    final = check_output_path(final, overwrite, directory=True)
-    staging = _Staging(final, directory=True)
+    with _staged(final, overwrite, directory=True) as path:
+        yield path
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | Path, overwrite: bool = False):
+    """Yield a temporary path beside ``final`` that becomes ``final`` only when the block
+    succeeds; on any error, Ctrl-C or SIGTERM the temporary file is removed. An existing
+    ``final`` is replaced only with ``overwrite``."""
+    with _staged(final, overwrite, directory=False) as path:
+        yield path
+
+
+#: Errors that mean the output's file system is full (or the process may write no more).
+_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def _staged(final: str | Path, overwrite: bool, directory: bool):
+    """The body of :func:`atomic_directory` and :func:`atomic_file`: check, stage, lock,
+    and publish or abandon. A failed write is reported under the output's own name: a full
+    disk always, and any OS error of the staging itself or without a file name (pyarrow's
+    write errors carry none)."""
+    final = check_output_free(final, overwrite, directory)
+    staging = _Staging(final, directory)
     path = staging.create()
     try:
         yield path
     except OSError as err:
         staging.abandon()
-        _raise_if_full(err, final)
-        if err.filename is None:  # pyarrow's write errors carry no file name (nor errno)
+        where = Path(os.fsdecode(err.filename)) if err.filename is not None else None
+        if err.errno in _FULL or where is None or where == path or path in where.parents:
             raise GjpError(f"{final}: cannot write: {reason(err)}; nothing was written") from None
         raise
     except GjpError as err:  # name the output as the user knows it, not its staging name
@@ -293,40 +311,14 @@ def atomic_directory(final: str | Path, overwrite: bool = False):
     staging.publish(overwrite)
 
 
-#: Errors that mean the output's file system is full (or the process may write no more).
-_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def _raise_if_full(err: OSError, final: Path) -> None:
-    if err.errno in _FULL:
-        raise GjpError(f"{final}: cannot write: {reason(err)}; nothing was written") from None
-
-
-@contextlib.contextmanager
-def atomic_file(final: str | Path, overwrite: bool = False):
-    """Yield a temporary path beside ``final`` that becomes ``final`` only when the block
-    succeeds; on any error, Ctrl-C or SIGTERM the temporary file is removed. An existing
-    ``final`` is replaced only with ``overwrite``."""
-    final = check_output_path(final, overwrite, directory=False)
-    staging = _Staging(final, directory=False)
-    path = staging.create()
-    try:
-        yield path
-    except OSError as err:
-        staging.abandon()
-        _raise_if_full(err, final)
-        if err.filename is not None and Path(os.fsdecode(err.filename)) == path:
-            raise GjpError(f"{final}: cannot write: {reason(err)}; nothing was written") from None
-        raise
-    except BaseException:
-        staging.abandon()
-        raise
-    staging.publish(overwrite)
-
-
 def write_json(path: str | Path, data, overwrite: bool = False) -> None:
     """Write JSON atomically (sorted keys, indented: diffable and deterministic)."""
     write_text(path, json.dumps(data, indent=2, sort_keys=True), overwrite)
+
+
+def write_jsonl(path: str | Path, rows, overwrite: bool = False) -> None:
+    """Write one JSON object per line (sorted keys), atomically."""
+    write_text(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows), overwrite)
 
 
 def write_text(path: str | Path, text: str, overwrite: bool = False) -> None:
@@ -540,10 +532,11 @@ def _parquet(path: str | Path, what: str, read):
     try:
         return read(pq)
     except (OSError, pa.ArrowException) as err:
-        raise GjpError(f"{path}: not a readable {what} (truncated or not Parquet: {_first_line(err)})") from None
+        raise GjpError(f"{path}: not a readable {what} (truncated or not Parquet: {first_line(err)})") from None
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception's message as one line (libraries often put a page in it)."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 

@@ -94,3 +94,38 @@ def monaco_dataset(tmp_path_factory, monaco):
     graphs = _build_graphs(monaco, root)
     pack_dataset(graphs, root / "dataset.h5")
     return root, graphs, root / "dataset.h5"
+
+
+def _run_gjp(args, cwd=None) -> tuple[int, str, str]:
+    """``gjp ARGS`` in this process, in ``cwd``: (exit code, stdout, stderr). The signal
+    handlers gjp installs are put back, so pytest's Ctrl-C still works."""
+    import contextlib
+    import io
+    import os
+    import signal
+
+    from gjp.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main([str(a) for a in args])
+                code = 0
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+    finally:
+        os.chdir(old)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def run_gjp():
+    """``run_gjp(args, cwd=None) -> (code, stdout, stderr)``: the CLI in this process."""
+    return _run_gjp

@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -26,33 +25,8 @@ import h5py
 import numpy as np
 import pytest
 
-from gjp.cli import main
-
 DATA = Path(__file__).parent / "data"
 EXAMPLES = Path(__file__).parent.parent / "examples" / "data"
-
-
-def run(args, cwd: Path) -> tuple[int, str, str]:
-    """``gjp ARGS`` in this process: (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    out, err = io.StringIO(), io.StringIO()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    old = Path.cwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in args])
-                code = 0
-            except SystemExit as stop:
-                code = stop.code if isinstance(stop.code, int) else 1
-    finally:
-        os.chdir(old)
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return code, out.getvalue(), err.getvalue()
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -77,7 +51,7 @@ def assert_one_line_error(code: int, stderr: str, *fragments: str) -> None:
 # --------------------------------------------------------------------------- the workspace
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
+def pristine(tmp_path_factory, run_gjp):
     """Monaco through every step, as a user's workspace: tiles/ … graphs/, dataset.h5, a
     task, tag embeddings, TagCount embeddings of the task, a probe result."""
     ws = tmp_path_factory.mktemp("workspace")
@@ -88,7 +62,7 @@ def pristine(tmp_path_factory):
                  ["embed", "--model", "tagcount"],
                  ["probe", "-e", "embeddings/tagcount__building_count.h5", "--task", "tasks/building_count",
                   "--head", "linear", "--seeds", "2"]):
-        code, _, err = run(["-q", *args], ws)
+        code, _, err = run_gjp(["-q", *args], ws)
         assert code == 0, (args, err)
     return ws
 
@@ -358,12 +332,12 @@ def test_there_are_enough_cases_over_every_step():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(case, ws):
+def test_bad_input_is_one_line_and_changes_nothing(case, ws, run_gjp):
     args = [a.replace("QUERY", _a_tile(ws)) if isinstance(a, str) else a for a in case.args]
     if case.damage is not None:
         case.damage(ws)
     before = snapshot(ws)
-    code, _, err = run(["-q", *args], ws)
+    code, _, err = run_gjp(["-q", *args], ws)
     assert_one_line_error(code, err, *case.fragments)
     assert snapshot(ws) == before
 
@@ -424,11 +398,11 @@ SIGNAL_DURING_WRITE = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("signame, code, word", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
-def test_a_signal_during_an_hdf5_write_stops_it_and_leaves_nothing(signame, code, word, ws):
+def test_a_signal_during_an_hdf5_write_stops_it_and_leaves_nothing(signame, code, word, ws, run_gjp):
     """Ctrl-C used to be swallowed by h5py ("Exception ignored …", then exit 0)."""
     chips = ws / "chips"
     shutil.copytree(DATA / "naip_z16", chips)
-    assert run(["-q", "tile", "chips/", "-o", "images/"], ws)[0] == 0
+    assert run_gjp(["-q", "tile", "chips/", "-o", "images/"], ws)[0] == 0
     before = snapshot(ws)
     proc = subprocess.run([sys.executable, "-c", SIGNAL_DURING_WRITE, signame, "pack-h5", "--images", "images/",
                            "--images-only", "-o", "chips.h5"], cwd=ws, capture_output=True, text=True)
@@ -437,7 +411,7 @@ def test_a_signal_during_an_hdf5_write_stops_it_and_leaves_nothing(signame, code
     assert snapshot(ws) == before
 
 
-def test_two_runs_into_one_output_one_fails_clearly_and_nothing_is_lost(ws):
+def test_two_runs_into_one_output_one_fails_clearly_and_nothing_is_lost(ws, run_gjp):
     """The first run holds the output's staging name; the second fails at once, and the
     first finishes with its whole output."""
     shutil.copy(EXAMPLES / "pt_porto_2020-07.osm.pbf", ws / "porto.osm.pbf")
@@ -451,7 +425,7 @@ def test_two_runs_into_one_output_one_fails_clearly_and_nothing_is_lost(ws):
     assert first.returncode == 0, err1
     assert_one_line_error(second.returncode, err2, "t2", "another gjp run")
     reference = ws / "porto-alone"
-    assert run(["-q", "tile", "porto.osm.pbf", "-o", reference], ws)[0] == 0
+    assert run_gjp(["-q", "tile", "porto.osm.pbf", "-o", reference], ws)[0] == 0
     assert sorted(p.name for p in (ws / "t2").iterdir()) == sorted(p.name for p in reference.iterdir())
     assert not list(ws.glob(".t2.*"))
 
@@ -476,7 +450,7 @@ def test_publishing_never_replaces_what_appeared_meanwhile(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.json", "out"]
 
 
-def test_later_steps_are_byte_identical_across_runs(pristine, tmp_path):
+def test_later_steps_are_byte_identical_across_runs(pristine, tmp_path, run_gjp):
     """The HDF5 and JSON outputs too: no clock time, no speed option in their provenance."""
     outputs = {}
     for name in ("a", "b"):
@@ -489,7 +463,7 @@ def test_later_steps_are_byte_identical_across_runs(pristine, tmp_path):
                      ["embed", "--model", "tagcount", "-i", "d.h5"],
                      ["probe", "-e", "embeddings/tagcount.h5", "--task", "tasks/building_count", "--seeds", "1",
                       "--head", "linear"]):
-            code, _, err = run(["-q", *args], ws)
+            code, _, err = run_gjp(["-q", *args], ws)
             assert code == 0, (args, err)
         outputs[name] = {p.relative_to(ws): p.read_bytes() for p in
                          [ws / "d.h5", ws / "tasks/bridge-masked/dataset.h5", ws / "embeddings/tagcount.h5",
@@ -499,7 +473,7 @@ def test_later_steps_are_byte_identical_across_runs(pristine, tmp_path):
         assert outputs["a"][rel] == outputs["b"][rel], rel
 
 
-def test_a_failed_mktask_leaves_no_splits_and_no_tasks_directory(ws):
+def test_a_failed_mktask_leaves_no_splits_and_no_tasks_directory(ws, run_gjp):
     """splits.csv is written last, and the directories made for the outputs go too."""
     shutil.rmtree(ws / "tasks")
     before = snapshot(ws)
@@ -508,11 +482,11 @@ def test_a_failed_mktask_leaves_no_splits_and_no_tasks_directory(ws):
     _, err = proc.communicate(timeout=300)
     assert_one_line_error(proc.returncode, err, "tasks/bridge-masked/dataset.h5", "nothing was written")
     assert snapshot(ws) == before
-    assert run(["-q", "mktask", "bridge", "--masked"], ws)[0] == 0  # and the same run works with room
+    assert run_gjp(["-q", "mktask", "bridge", "--masked"], ws)[0] == 0  # and the same run works with room
     assert (ws / "tasks" / "splits.csv").exists()
 
 
-def test_info_works_on_every_output(pristine):
+def test_info_works_on_every_output(pristine, run_gjp):
     """`gjp info` on each kind of file the pipeline writes, told apart by content."""
     result = next((pristine / "results").glob("*.json")).relative_to(pristine)
     expect = {"graphs/": "gjp tile groups", "tiles/": "gjp tile groups", "dataset.h5": "gjp dataset",
@@ -520,8 +494,8 @@ def test_info_works_on_every_output(pristine):
               "embeddings/tagcount.h5": "tile embeddings of", "results/": "1 results",
               str(result): "test MAE"}
     for path, words in expect.items():
-        code, out, err = run(["info", path], pristine)
+        code, out, err = run_gjp(["info", path], pristine)
         assert code == 0, (path, err)
         assert words in out, (path, out)
-        code, out, _ = run(["info", path, "--json"], pristine)
+        code, out, _ = run_gjp(["info", path, "--json"], pristine)
         assert code == 0 and json.loads(out)

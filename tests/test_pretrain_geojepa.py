@@ -156,3 +156,24 @@ def test_a_resumed_run_goes_on_exactly_as_an_uninterrupted_one(workspace, tmp_pa
     assert not progress_dir(tmp_path / "cut").exists()
     with pytest.raises(GjpError, match="nothing to resume"):
         pretrain_geojepa(tmp_path / "again", cfg, device="cpu", resume=True)
+
+
+def test_a_vertex_that_is_not_finite_is_refused_before_training(workspace, tmp_path):
+    import h5py
+
+    damaged = tmp_path / "dataset.h5"
+    shutil.copy(workspace / "dataset.h5", damaged)
+    with h5py.File(damaged, "r+") as f:
+        nodes = f["graph/nodes"][()]
+        nodes[3] = np.nan
+        f["graph/nodes"][...] = nodes
+    with pytest.raises(GjpError, match="not finite"):
+        pretrain_geojepa(tmp_path / "run", config(workspace, dataset=str(damaged)), device="cpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset.h5"]
+    # the scan reads a few vertices at a time and still finds the entity
+    from gjp.dataset.graphs import check_dataset_graphs
+
+    with open_dataset(damaged) as f:
+        owner = int(np.searchsorted(f["graph/node_offsets"][()], 3, side="right") - 1)
+        with pytest.raises(GjpError, match=f"entity {owner} has a vertex"):
+            check_dataset_graphs(f, str(damaged), chunk=2)

@@ -64,25 +64,14 @@ def test_an_osm_run_reports_every_target(monaco_dataset, tmp_path):
     assert report.val["kind_accuracy"] > 0.4  # points, lines and polygons differ in their graphs
 
 
-def test_embed_knn_probe_and_info_on_a_real_extract(digits_run, monaco_dataset, tmp_path):
-    from gjp.cli import main
+def test_embed_knn_probe_and_info_on_a_real_extract(digits_run, monaco_dataset, tmp_path, run_gjp):
 
     run, _ = digits_run
     root, _, dataset = monaco_dataset
     out = tmp_path / "polygnn.h5"
 
     def gjp(*args):
-        import signal
-
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            main([str(a) for a in args])
-        except SystemExit as stop:
-            return stop.code
-        finally:
-            for s, h in handlers.items():
-                signal.signal(s, h)
-        return 0
+        return run_gjp(args)[0]
 
     assert gjp("-q", "embed", "--model", "polygnn", "--checkpoint", run, "-i", dataset, "-o", out) == 0
     emb = read_embeddings(out, entities=True)
@@ -130,33 +119,6 @@ def test_a_bad_checkpoint_is_one_line(digits_run, tmp_path, damage, message):
         load_polygnn(run)
 
 
-def _cli(args, cwd):
-    """``gjp ARGS`` in this process: (exit code, stderr)."""
-    import contextlib
-    import io
-    import os
-    import signal
-
-    from gjp.cli import main
-
-    err = io.StringIO()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    old = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stderr(err):
-            try:
-                main([str(a) for a in args])
-                code = 0
-            except SystemExit as stop:
-                code = stop.code
-    finally:
-        os.chdir(old)
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return code, err.getvalue()
-
-
 def _nan_vertex(path):
     import h5py
 
@@ -179,7 +141,7 @@ def _nan_vertex(path):
     (["pretrain", "--model", "polygnn", "--pretext", "digits", "-o", "run"], None, "--overwrite"),
 ], ids=["corrupt-checkpoint", "no-checkpoint", "nan-vertex-embed", "nan-vertex-pretrain", "images-only",
         "run-exists"])
-def test_bad_input_to_the_geometry_steps(digits_run, monaco_dataset, tmp_path, args, damage, message):
+def test_bad_input_to_the_geometry_steps(digits_run, monaco_dataset, tmp_path, args, damage, message, run_gjp):
     from PIL import Image
 
     from gjp.dataset.pack import pack_dataset
@@ -196,7 +158,7 @@ def test_bad_input_to_the_geometry_steps(digits_run, monaco_dataset, tmp_path, a
     if damage is not None:
         damage(ws)
     before = sorted(str(p.relative_to(ws)) for p in ws.rglob("*"))
-    code, err = _cli(["-q", *args], ws)
+    code, _, err = run_gjp(["-q", *args], ws)
     lines = err.strip().splitlines()
     assert code != 0 and len(lines) == 1 and lines[0].startswith("gjp: error: ") and message in lines[0], err
     assert sorted(str(p.relative_to(ws)) for p in ws.rglob("*")) == before

@@ -19,6 +19,23 @@ import numpy as np
 EDGE_GEOMETRY, EDGE_VISIBILITY = 0, 1
 
 
+def check_dataset_graphs(f, where: str, chunk: int = 1 << 20) -> None:
+    """An open ``dataset.h5`` has entity graphs, and every vertex coordinate is finite:
+    scanned ``chunk`` vertices at a time, so memory does not grow with the dataset (for
+    readers that stream tiles rather than load every graph)."""
+    from gjp.errors import GjpError
+
+    if len(f["entities/kind"]) == 0:
+        raise GjpError(f"{where}: has no entity graphs (an images-only dataset?); pack it from graphs/")
+    nodes = f["graph/nodes"]
+    for start in range(0, len(nodes), chunk):
+        block = nodes[start:start + chunk]
+        bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        if len(bad):
+            entity = int(np.searchsorted(f["graph/node_offsets"][()], start + bad[0], side="right") - 1)
+            raise GjpError(f"{where}: entity {entity} has a vertex with a coordinate that is not finite")
+
+
 def gather(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """CSR rows ``rows``: the indices of their items in the flat array, and new offsets."""
     starts = offsets[rows]
@@ -77,6 +94,18 @@ class EntityGraphs:
         return cls(np.concatenate([p.nodes.reshape(-1, 2) for p in parts]).astype(np.float32), offsets("node_offsets"),
                    np.concatenate([p.geometry_edges.reshape(-1, 2) for p in parts]), offsets("geometry_offsets"),
                    np.concatenate([p.visibility_edges.reshape(-1, 2) for p in parts]), offsets("visibility_offsets"))
+
+    @classmethod
+    def checked(cls, f, where: str) -> EntityGraphs:
+        """Every graph of an open ``dataset.h5`` for a model to read: there are some, and
+        they pass :meth:`check`; one-line errors naming ``where`` otherwise."""
+        graphs = cls.from_dataset(f)
+        if len(graphs) == 0:
+            from gjp.errors import GjpError
+
+            raise GjpError(f"{where}: has no entity graphs (an images-only dataset?); pack it from graphs/")
+        graphs.check(where)
+        return graphs
 
     def take(self, entities) -> EntityGraphs:
         """The graphs of ``entities`` (indices, in that order)."""

@@ -45,12 +45,8 @@ def embed(model: str, dataset: str | Path = "dataset.h5", output: str | Path | N
     if embedder is None and (Path(model) / "config.json").exists():
         from gjp.embedders.geojepa import geojepa_embeddings
 
-        run = Path(model)
-        options["checkpoint"] = run
-        model = run.name
-
-        def embedder(dataset, **kw):
-            return geojepa_embeddings(dataset, **kw)
+        options["checkpoint"] = Path(model)
+        model, embedder = Path(model).name, geojepa_embeddings
     if embedder is None:
         raise GjpError(f"unknown model {model!r}: choose one of {', '.join(EMBEDDERS)}, or a run directory "
                        "of `gjp pretrain` (runs/NAME/)")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gjp.dataset.format import decode, open_dataset
+from gjp.dataset.graphs import check_dataset_graphs
 from gjp.errors import GjpError
 from gjp.ui import QUIET, Reporter
 
@@ -23,7 +24,7 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
     from gjp.models.geojepa import GeoJepaConfig
     from gjp.models.polygnn import PolygonEncoder, PolygonEncoderConfig
     from gjp.pretrain.geojepa import GeoJepaTrainConfig, build_model
-    from gjp.pretrain.runs import load_checkpoint, read_run_config
+    from gjp.pretrain.runs import load_checkpoint, load_weights, read_run_config
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir, model="geojepa")
@@ -40,13 +41,8 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
     except (KeyError, TypeError) as err:
         raise GjpError(f"{run_dir / 'config.json'}: damaged run configuration ({err})") from None
     tokenizer, model, _ = build_model(train, table, encoder, model_config)
-    try:
-        tokenizer.load_state_dict(checkpoint["tokenizer"], strict=True)
-        model.load_state_dict(checkpoint["model"], strict=True)
-    except RuntimeError as err:
-        lines = str(err).splitlines()
-        raise GjpError(f"{path}: the weights do not fit the run's model "
-                       f"({(lines[1] if len(lines) > 1 else lines[0]).strip()[:160]})") from None
+    load_weights(tokenizer, checkpoint["tokenizer"], path)
+    load_weights(model, checkpoint["model"], path)
     return tokenizer.to(device).eval(), model.to(device).eval(), config
 
 
@@ -55,7 +51,7 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
     import torch
 
     from gjp.dataset.loader import TileDataset, collate_tiles
-    from gjp.device import autocast
+    from gjp.device import autocast, to_device
     from gjp.embedders.baselines import EmbedResult
 
     tokenizer, model, config = load_geojepa(checkpoint, device)
@@ -64,12 +60,11 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
         tile_offsets = f["tiles/entity_offsets"][()]
         osm_type, osm_id = f["entities/osm_type"][()], f["entities/osm_id"][()]
         vocabulary = len(f["vocab/tags"])
-        nodes = f["graph/nodes"][()]
+        if config.get("geometry_config"):
+            check_dataset_graphs(f, str(dataset))
     if config.get("vocabulary") and vocabulary != config["vocabulary"]:
         raise GjpError(f"{dataset}: a vocabulary of {vocabulary} tags, but {checkpoint} was trained on one of "
                        f"{config['vocabulary']} (embed a dataset packed with --vocab from the same source)")
-    if not np.isfinite(nodes).all():
-        raise GjpError(f"{dataset}: a vertex has a coordinate that is not finite")
     ds = TileDataset(dataset)
     tiles = np.zeros((len(names), 2 * model.config.dim), np.float32)
     entities = np.zeros((int(tile_offsets[-1]), model.config.dim), np.float32)
@@ -78,7 +73,7 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
         for start in range(0, len(names), batch_size):
             rows = list(range(start, min(start + batch_size, len(names))))
             batch = collate_tiles([ds[i] for i in rows])
-            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            batch = to_device(batch, device)
             tokens, _, padding = tokenizer(batch)
             vectors, outputs = model.embed(tokens, padding)
             tiles[rows] = vectors.float().cpu().numpy()

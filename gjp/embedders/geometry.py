@@ -47,12 +47,7 @@ def polygnn_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
         names = decode(f["tiles/name"][()])
         tile_offsets = f["tiles/entity_offsets"][()]
         osm_type, osm_id = f["entities/osm_type"][()], f["entities/osm_id"][()]
-        graphs = EntityGraphs.from_dataset(f)
-    if len(graphs) == 0:
-        from gjp.errors import GjpError
-
-        raise GjpError(f"{dataset}: has no entity graphs (an images-only dataset?); pack it from graphs/")
-    graphs.check(str(dataset))
+        graphs = EntityGraphs.checked(f, str(dataset))
     out = np.zeros((len(graphs), encoder.dim), dtype=np.float32)
     bar = reporter.progress(total=len(names), desc="geometry embeddings", unit=" tile")
     with torch.no_grad(), autocast(device):

@@ -62,17 +62,12 @@ def build_osm_shapes(dataset, seed: int = 0, max_entities: int | None = None) ->
     from gjp.dataset.format import open_dataset
 
     with open_dataset(dataset) as f:
-        graphs = EntityGraphs.from_dataset(f)
-        graphs.check(str(dataset))
+        graphs = EntityGraphs.checked(f, str(dataset))
         kind = f["entities/kind"][()].astype(np.int64)
         node_part = f["graph/node_part"][()]
         shape = f["entities/min_box_shape"][()]
         groups = f["tiles/group"][()]
         tile_offsets = f["tiles/entity_offsets"][()]
-    if len(graphs) == 0:
-        from gjp.errors import GjpError
-
-        raise GjpError(f"{dataset}: has no entity graphs (an images-only dataset?); pack it from graphs/")
     targets = shape_targets(graphs, node_part, shape)
     unique = np.unique(groups)
     order = np.random.default_rng([seed, 1]).permutation(len(unique))

@@ -16,8 +16,6 @@ their spread.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import time
@@ -28,10 +26,9 @@ import numpy as np
 
 from gjp import __version__
 from gjp.errors import GjpError
-from gjp.io import atomic_directory, check_output_free, command_line, read_text, write_json
+from gjp.io import check_output_free, command_line, write_json
 from gjp.pretrain.masks import MaskConfig
-from gjp.pretrain.report import report_html
-from gjp.pretrain.runs import FORMAT, FORMAT_VERSION
+from gjp.pretrain.runs import FORMAT, FORMAT_VERSION, write_run
 from gjp.ui import QUIET, Reporter
 
 MODALITIES = ("T", "G", "I")
@@ -73,6 +70,7 @@ class GeoJepaTrainConfig:
 def tile_splits(dataset: str | Path, splits: str | Path, all_tiles: bool) -> tuple[np.ndarray, np.ndarray]:
     """(train tiles, val tiles) of ``dataset`` by the group splits; never a test group."""
     from gjp.dataset.format import decode, open_dataset
+    from gjp.tasks.files import read_splits
 
     with open_dataset(dataset) as f:
         groups = decode(f["tiles/group"][()])
@@ -83,12 +81,7 @@ def tile_splits(dataset: str | Path, splits: str | Path, all_tiles: bool) -> tup
     path = Path(splits)
     if not path.exists():
         raise GjpError(f"{path}: no splits (make them with `gjp mktask`, or pretrain on every tile with --all-tiles)")
-    split_of = {}
-    reader = csv.DictReader(io.StringIO(read_text(path, "splits table"), newline=""))
-    if reader.fieldnames != ["group", "split"]:
-        raise GjpError(f"{path}: expected the columns group,split")
-    for row in reader:
-        split_of[row["group"]] = row["split"]
+    split_of = read_splits(path)
     split = np.array([split_of.get(g, "test") for g in groups])  # a group without a split is held out
     train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
     if not len(train):
@@ -209,16 +202,21 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
     import torch
 
     from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset
-    from gjp.device import autocast, resolve_device
+    from gjp.device import autocast, resolve_device, to_device
     from gjp.pretrain.masks import MaskingCollator
     from gjp.pretrain.schedules import ema_momentum, learning_rate, weight_decay
 
-    config.modality_set()
+    modalities = config.modality_set()
     check_output_free(output, overwrite, directory=True)
     device = resolve_device(device)
     started = time.perf_counter()
     train_tiles, val_tiles = tile_splits(config.dataset, config.splits, config.all_tiles)
-    modalities = config.modality_set()
+    if "G" in modalities:
+        from gjp.dataset.format import open_dataset
+        from gjp.dataset.graphs import check_dataset_graphs
+
+        with open_dataset(config.dataset) as f:
+            check_dataset_graphs(f, config.dataset)
     table = _tag_table(config.dataset, config.tag_embeddings) if "T" in modalities else None
     encoder, geometry_run = None, None
     if "G" in modalities:
@@ -272,7 +270,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
             momentum = ema_momentum(step, total, start=config.momentum[0], end=config.momentum[1])
             for group in optimiser.param_groups:
                 group["lr"], group["weight_decay"] = lr, wd
-            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            batch = to_device(batch, device)
             with autocast(device):
                 tokens, conditions, padding = tokenizer(batch, generator)
                 out = model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
@@ -314,18 +312,12 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
     seconds = time.perf_counter() - started
     checkpoint = {"tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
                   "optimizer": optimiser.state_dict(), "step": step}
-    with atomic_directory(output, overwrite) as staging:
-        write_json(staging / "config.json", run_config)
-        torch.save(checkpoint, staging / "checkpoint.pt")
-        (staging / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in metrics),
-                                               encoding="utf-8")
-        summary = {"epochs": config.epochs, "steps": step, "train_loss": train_loss, "val_loss": val_loss,
-                   "seconds": round(seconds, 1)}
-        write_json(staging / "summary.json", summary)
-        page = report_html(f"geojepa {config.modalities} ({config.preset})", metrics, "step",
-                           ["loss", "prediction", "val_loss", "variance", "covariance", "target_std", "target_rank",
-                            "lr", "weight_decay", "momentum", "tiles_per_s", "peak_memory_mb"], summary)
-        (staging / "report.html").write_text(page, encoding="utf-8")
+    summary = {"epochs": config.epochs, "steps": step, "train_loss": train_loss, "val_loss": val_loss,
+               "seconds": round(seconds, 1)}
+    write_run(output, overwrite, run_config, ("checkpoint.pt", checkpoint), metrics, summary,
+              (f"geojepa {config.modalities} ({config.preset})", "step",
+               ["loss", "prediction", "val_loss", "variance", "covariance", "target_std", "target_rank", "lr",
+                "weight_decay", "momentum", "tiles_per_s", "peak_memory_mb"]))
     shutil.rmtree(progress_dir(output), ignore_errors=True)
     return JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
 
@@ -348,6 +340,8 @@ def _cpu(state: dict) -> dict:
 def _validation_loss(tokenizer, model, dataset, sampler, collator, epoch, device) -> float:
     import torch
 
+    from gjp.device import to_device
+
     sampler.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)
     tokenizer.eval()
@@ -355,7 +349,7 @@ def _validation_loss(tokenizer, model, dataset, sampler, collator, epoch, device
     losses, weights = [], []
     with torch.no_grad():
         for batch in loader:
-            batch = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in batch.items()}
+            batch = to_device(batch, device)
             tokens, conditions, padding = tokenizer(batch)
             out = model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
             losses.append(float(out["prediction"]))

@@ -25,9 +25,8 @@ import numpy as np
 
 from gjp import __version__
 from gjp.errors import GjpError
-from gjp.io import atomic_directory, check_output_free, command_line, write_json
-from gjp.pretrain.report import report_html
-from gjp.pretrain.runs import FORMAT, FORMAT_VERSION
+from gjp.io import check_output_free, command_line
+from gjp.pretrain.runs import FORMAT, FORMAT_VERSION, write_run
 from gjp.ui import QUIET, Reporter
 
 PRETEXTS = ("digits", "osm")
@@ -268,18 +267,7 @@ def _pretrain(output, config, device, overwrite, reporter) -> PretrainReport:
     summary = {"best_epoch": best[0], **{f"val_{k}": v for k, v in best[1].items()},
                **{f"test_{k}": v for k, v in test_metrics.items()}, "seconds": round(seconds, 1),
                "train_entities": int(len(train)), "steps": step}
-    with atomic_directory(output, overwrite) as staging:
-        write_json(staging / "config.json", run_config)
-        torch.save({k: v.detach().cpu() for k, v in encoder.state_dict().items()}, staging / "model.pt")
-        (staging / "metrics.jsonl").write_text("".join(_json_line(r) for r in metrics), encoding="utf-8")
-        write_json(staging / "summary.json", summary)
-        keys = ["train_loss", *[k for k in metrics[0] if k.startswith("val_")], "lr", "seconds"]
-        page = report_html(f"polygnn on {config.pretext} ({config.preset})", metrics, "epoch", keys, summary)
-        (staging / "report.html").write_text(page, encoding="utf-8")
+    keys = ["train_loss", *[k for k in metrics[0] if k.startswith("val_")], "lr", "seconds"]
+    write_run(output, overwrite, run_config, ("model.pt", {k: v.detach().cpu() for k, v in encoder.state_dict().items()}),
+              metrics, summary, (f"polygnn on {config.pretext} ({config.preset})", "epoch", keys))
     return PretrainReport(output, best[0], best[1], test_metrics or best[1], seconds, data.metric)
-
-
-def _json_line(row: dict) -> str:
-    import json
-
-    return json.dumps(row, sort_keys=True) + "\n"

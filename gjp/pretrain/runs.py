@@ -20,10 +20,27 @@ import json
 from pathlib import Path
 
 from gjp.errors import GjpError
-from gjp.io import check_format, read_json, read_text
+from gjp.io import atomic_directory, check_format, first_line, read_json, read_text, write_json, write_jsonl
+from gjp.pretrain.report import report_html
 
 FORMAT, FORMAT_VERSION = "gjp-run", 1
 MADE_BY = "gjp pretrain"
+
+
+def write_run(output: Path, overwrite: bool, config: dict, weights: tuple[str, dict], metrics: list[dict],
+              summary: dict, report: tuple[str, str, list[str]]) -> None:
+    """Publish a run directory in one go: ``config.json``, the weights (``(file name,
+    object for torch.save)``), ``metrics.jsonl``, ``summary.json`` and ``report.html``
+    (``(title, x key, keys to chart)``)."""
+    import torch
+
+    title, x, keys = report
+    with atomic_directory(output, overwrite) as staging:
+        write_json(staging / "config.json", config)
+        torch.save(weights[1], staging / weights[0])
+        write_jsonl(staging / "metrics.jsonl", metrics)
+        write_json(staging / "summary.json", summary)
+        (staging / "report.html").write_text(report_html(title, metrics, x, keys, summary), encoding="utf-8")
 
 
 def read_run_config(run_dir: str | Path, model: str | None = None) -> dict:
@@ -51,8 +68,18 @@ def load_checkpoint(path: str | Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 (every way a damaged file fails is the same problem)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise GjpError(f"{path}: not a readable checkpoint ({first[:120]})") from None
+        raise GjpError(f"{path}: not a readable checkpoint ({first_line(err)[:120]})") from None
+
+
+def load_weights(module, state, path: str | Path) -> None:
+    """``module.load_state_dict(state, strict=True)``, or one line naming ``path`` and the
+    first mismatch torch reports."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        mismatch = lines[1] if len(lines) > 1 else first_line(err)  # line 0 only names the class
+        raise GjpError(f"{path}: the weights do not fit the run's model ({mismatch[:160]})") from None
 
 
 def load_state_dict(run_dir: str | Path, model) -> None:
@@ -64,11 +91,7 @@ def load_state_dict(run_dir: str | Path, model) -> None:
     state = load_checkpoint(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise GjpError(f"{path}: not a state dict")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-        raise GjpError(f"{path}: the weights do not fit the run's model ({first[:160]})") from None
+    load_weights(model, state, path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -1,8 +1,11 @@
 """Reading a task directory (``tasks/NAME/`` from ``gjp mktask``), checked: its
-``task.json``, its labels by split, and the dataset a model may see for it."""
+``task.json``, its labels by split, the dataset a model may see for it; and the shared
+``tasks/splits.csv``."""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gjp.errors import GjpError
-from gjp.io import check_format, read_json, read_parquet, require_columns
+from gjp.io import check_format, read_json, read_parquet, read_text, require_columns
 
 SPLITS = ("train", "val", "test")
 #: ``task.json`` carries these.
@@ -82,3 +85,19 @@ def read_task(task_dir: str | Path) -> Task:
         rows = np.flatnonzero(split == name)
         splits[name] = ([tiles[i] for i in rows], labels[rows])
     return Task(task_dir, info, splits)
+
+
+def read_splits(path: Path) -> dict[str, str]:
+    """Group → split from a ``group,split`` table, checked."""
+    reader = csv.DictReader(io.StringIO(read_text(path, "splits table"), newline=""))
+    split_of = {}
+    try:
+        if reader.fieldnames != ["group", "split"]:
+            raise GjpError(f"{path}: expected the columns group,split")
+        for row in reader:
+            if row["split"] not in SPLITS:
+                raise GjpError(f"{path}: unknown split {row['split']!r} for group {row['group']}")
+            split_of[row["group"]] = row["split"]
+    except csv.Error as err:
+        raise GjpError(f"{path}: not a CSV file ({err})") from None
+    return split_of

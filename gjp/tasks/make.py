@@ -31,11 +31,11 @@ from gjp.io import atomic_directory, atomic_file, check_output_free, command_lin
 from gjp.kinds import KINDS
 from gjp.tasks.files import FORMAT as TASK_FORMAT
 from gjp.tasks.files import FORMAT_VERSION as TASK_VERSION
+from gjp.tasks.files import SPLITS, read_splits
 from gjp.tasks.spec import TaskSpec
 from gjp.tasks.speed import parse_number, parse_speed
 from gjp.ui import QUIET, Reporter
 
-SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
 LABELS_SCHEMA = pa.schema([("tile", pa.string()), ("group", pa.string()), ("label", pa.float64()),
                            ("split", pa.string())])
@@ -121,21 +121,7 @@ def load_or_make_splits(path: Path, groups: list[str], seed: int) -> tuple[dict[
     """Group → split, from ``path`` when it exists (groups it lacks are added by a seeded
     hash), else a seeded 80/10/10 permutation of the groups; and whether ``path`` must be
     (re)written with :func:`write_splits` (the caller does so once its own output is safe)."""
-    existing: dict[str, str] = {}
-    if path.exists():
-        try:
-            with open(path, newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames != ["group", "split"]:
-                    raise GjpError(f"{path}: expected the columns group,split")
-                for row in reader:
-                    if row["split"] not in SPLITS:
-                        raise GjpError(f"{path}: unknown split {row['split']!r} for group {row['group']}")
-                    existing[row["group"]] = row["split"]
-        except UnicodeDecodeError as err:
-            raise GjpError(f"{path}: not UTF-8 text (byte {err.start})") from None
-        except csv.Error as err:
-            raise GjpError(f"{path}: not a CSV file ({err})") from None
+    existing = read_splits(path) if path.exists() else {}
     unique = sorted(set(groups))
     missing = [g for g in unique if g not in existing]
     if not missing:
