@@ -365,11 +365,14 @@ def _file_size_limit(limit: int):
     (["mktask", "bridge", "--masked", "-o", "tasks/b2"], "tasks/b2/dataset.h5", "dataset.h5"),
     (["embed", "--model", "tagcount", "-o", "e2.h5"], "e2.h5", "embeddings/tagcount.h5"),
     (["simplify", "-o", "s2/"], "s2", "simplified/" + "*"),
-], ids=["pack-h5", "mktask-masked", "embed", "simplify"])
+    (["pretrain", "--model", "polygnn", "--pretext", "digits", "--epochs", "1", "--n-per-class", "2", "-o", "runs/p"],
+     "runs/p", None),
+], ids=["pack-h5", "mktask-masked", "embed", "simplify", "pretrain"])
 def test_a_full_disk_is_one_line_naming_the_output(args, output, like, ws):
     """RLIMIT_FSIZE (at a third of what the output needs) makes the writes fail with
     EFBIG, as a full disk does with ENOSPC: both used to crash inside HDF5's clean-up."""
-    size = max(p.stat().st_size for p in ws.glob(like))
+    # a third of the output's size, or of a tiny encoder's weights (about 200 kB) for a run
+    size = max(p.stat().st_size for p in ws.glob(like)) if like else 150_000
     before = snapshot(ws)
     proc = gjp_process(["-q", *args], ws, preexec_fn=_file_size_limit(size // 3))
     _, err = proc.communicate(timeout=300)

@@ -28,7 +28,7 @@ from gjp import __version__
 from gjp.errors import GjpError
 from gjp.io import check_output_free, command_line, write_json
 from gjp.pretrain.masks import MaskConfig
-from gjp.pretrain.runs import FORMAT, FORMAT_VERSION, write_run
+from gjp.pretrain.runs import FORMAT, FORMAT_VERSION, save_weights, write_run
 from gjp.ui import QUIET, Reporter
 
 MODALITIES = ("T", "G", "I")
@@ -172,15 +172,13 @@ def progress_dir(output: Path) -> Path:
 
 
 def _save_progress(output: Path, run_config: dict, state: dict) -> None:
-    import torch
-
     from gjp.io import atomic_file
 
     directory = progress_dir(output)
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / "config.json", run_config, overwrite=True)
     with atomic_file(directory / "state.pt", overwrite=True) as tmp:
-        torch.save(state, tmp)
+        save_weights(state, tmp)
 
 
 def _load_progress(output: Path, run_config: dict) -> dict:

@@ -16,6 +16,7 @@ every gjp output: an interrupted run leaves nothing.
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -27,17 +28,52 @@ FORMAT, FORMAT_VERSION = "gjp-run", 1
 MADE_BY = "gjp pretrain"
 
 
+class _Recorder(io.RawIOBase):
+    """A file that remembers why a write failed: torch.save reports any failure of its
+    writer as a ``RuntimeError`` with an internal message, losing the ``OSError`` (a full
+    disk) that caused it."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        try:
+            return self.raw.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self):
+        self.raw.flush()
+
+
+def save_weights(obj, path: Path) -> None:
+    """``torch.save(obj, path)``; a failed write raises its own ``OSError``, so the output
+    staging reports it under the output's name."""
+    import torch
+
+    with open(path, "wb") as raw:
+        sink = _Recorder(raw)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
 def write_run(output: Path, overwrite: bool, config: dict, weights: tuple[str, dict], metrics: list[dict],
               summary: dict, report: tuple[str, str, list[str]]) -> None:
     """Publish a run directory in one go: ``config.json``, the weights (``(file name,
     object for torch.save)``), ``metrics.jsonl``, ``summary.json`` and ``report.html``
     (``(title, x key, keys to chart)``)."""
-    import torch
-
     title, x, keys = report
     with atomic_directory(output, overwrite) as staging:
         write_json(staging / "config.json", config)
-        torch.save(weights[1], staging / weights[0])
+        save_weights(weights[1], staging / weights[0])
         write_jsonl(staging / "metrics.jsonl", metrics)
         write_json(staging / "summary.json", summary)
         (staging / "report.html").write_text(report_html(title, metrics, x, keys, summary), encoding="utf-8")
