@@ -477,6 +477,10 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: geojepa 10, polygnn 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: geojepa 32 tiles, polygnn 64 entities]")
 @click.option("--lr", type=FiniteFloat(0, low_open=True), default=None, help="Peak learning rate [default: geojepa 5e-4, polygnn 3e-3].")
+@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
+              help="geojepa: batches per optimiser step (gradient accumulation; per process under torchrun).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="geojepa: loader processes (0: load in this process). Outputs do not depend on it.")
 @click.option("--n-per-class", type=click.IntRange(min=1), default=40, show_default=True,
               help="polygnn --pretext digits: training samples per class (val and test get an eighth).")
 @click.option("--max-entities", type=click.IntRange(min=1), default=20000, show_default=True,
@@ -486,8 +490,8 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common
 def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, geometry_encoder, splits, all_tiles,
-                 resume, preset, epochs, batch_size, lr, n_per_class, max_entities, no_spanning_tree, seed, device, overwrite,
-                 quiet):
+                 resume, preset, epochs, batch_size, lr, accumulate, workers, n_per_class, max_entities,
+                 no_spanning_tree, seed, device, overwrite, quiet):
     """Pretrain a model and write runs/NAME/ (config.json, weights, metrics.jsonl).
 
     geojepa: self-supervised pretraining over each tile's entity tokens (tags through the
@@ -504,6 +508,7 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
       gjp pretrain --model polygnn --pretext digits
       gjp pretrain --modalities T,G
       gjp pretrain --model polygnn --pretext osm -i dataset.h5 --epochs 10
+      torchrun --nproc-per-node 4 -m gjp pretrain --modalities T,G   (DDP: one process per GPU)
     """
     reporter = _reporter(quiet)
     if model == "polygnn":
@@ -518,13 +523,16 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
         from gjp.pretrain.geojepa import GeoJepaTrainConfig, pretrain_geojepa
 
         config = GeoJepaTrainConfig(modalities=modalities, preset=preset, epochs=epochs or 10,
-                                    batch_size=batch_size or 32, lr=lr or 5e-4, seed=seed, dataset=str(dataset),
+                                    batch_size=batch_size or 32, lr=lr or 5e-4, accumulate=accumulate, seed=seed,
+                                    dataset=str(dataset),
                                     tag_embeddings=str(tag_embeddings), geometry_encoder=str(geometry_encoder),
                                     splits=str(splits), all_tiles=all_tiles)
         name = "".join(sorted(config.modality_set(), key="TGI".index))
         output = output or Path("runs") / f"geojepa-{name}"
         report = pretrain_geojepa(output, config, device=device, overwrite=overwrite, resume=resume,
-                                  reporter=reporter)
+                                  workers=workers, reporter=reporter)
+        if os.environ.get("RANK", "0") != "0":
+            return  # under torchrun, rank 0 speaks for the run
     reporter.info(report.summary())
     click.echo(str(output))
 

@@ -121,6 +121,26 @@ def test_length_grouped_sampler():
     assert list(sampler) != batches  # a new order each epoch
 
 
+def test_processes_share_an_epoch_without_overlap_and_keep_the_batch_numbers():
+    lengths = np.random.default_rng(1).integers(1, 300, size=1000)  # 34 batches of 30, the last one short
+    whole = {b.number: list(b) for b in LengthGroupedBatchSampler(lengths, 30, seed=4)}
+    assert len(whole) == 34
+    for world, even in ((2, True), (3, True), (3, False)):
+        shares = [list(LengthGroupedBatchSampler(lengths, 30, seed=4, rank=r, world=world, even=even))
+                  for r in range(world)]
+        assert [len(s) for s in shares] == [len(LengthGroupedBatchSampler(lengths, 30, seed=4, rank=r, world=world,
+                                                                          even=even)) for r in range(world)]
+        numbers = [b.number for s in shares for b in s]
+        assert len(numbers) == len(set(numbers))               # no batch twice
+        assert all(list(b) == whole[b.number] for s in shares for b in s)  # each batch as one process sees it
+        if even:   # every process as many batches: the epoch's tail is dropped
+            assert len({len(s) for s in shares}) == 1 and len(numbers) == 34 - 34 % world
+        else:      # validation: every batch, shared as evenly as possible
+            assert sorted(numbers) == sorted(whole)
+    with pytest.raises(ValueError, match="rank 2"):
+        LengthGroupedBatchSampler(lengths, 30, rank=2, world=2)
+
+
 def test_images_are_packed_and_normalised(monaco_dataset, tmp_path):
     from gjp.imagery.chips import import_chips
 

@@ -177,3 +177,42 @@ def test_a_vertex_that_is_not_finite_is_refused_before_training(workspace, tmp_p
         owner = int(np.searchsorted(f["graph/node_offsets"][()], 3, side="right") - 1)
         with pytest.raises(GjpError, match=f"entity {owner} has a vertex"):
             check_dataset_graphs(f, str(damaged), chunk=2)
+
+
+def test_torchrun_with_two_processes_makes_the_updates_of_one_process_accumulating_their_batches(workspace, tmp_path):
+    """DDP (gloo, 2 CPU processes, each its share of the batches) against one process
+    that accumulates the same two batches per step: the same losses and weights; only
+    rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    from gjp.dataset.loader import LengthGroupedBatchSampler
+
+    train, _ = tile_splits(workspace / "dataset.h5", workspace / "tasks" / "splits.csv", all_tiles=False)
+    batch = next(b for b in range(6, 20) if len(LengthGroupedBatchSampler(np.ones(len(train)), b)) % 2 == 0)
+    common = ["pretrain", "--modalities", "T,G", "-i", "dataset.h5", "--geometry-encoder", "runs/polygnn",
+              "--epochs", "2", "--batch-size", str(batch), "--lr", "1e-3", "-q"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    subprocess.run([sys.executable, "-m", "gjp", *common, "--accumulate", "2", "-o", str(tmp_path / "one")],
+                   cwd=workspace, env=env, check=True, capture_output=True, timeout=300)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "gjp", *common, "-o", str(tmp_path / "two")],
+                         cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert ddp.stdout.split() == [str(tmp_path / "two")]  # rank 0 alone speaks
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # and writes
+    one, two = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                for name in ("one", "two"))
+    assert len(one) == len(two) > 2
+    assert [r["target_tokens"] for r in one] == [r["target_tokens"] for r in two]
+    np.testing.assert_allclose([r["loss"] for r in two], [r["loss"] for r in one], rtol=1e-4)
+    config_two = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config_two["processes"] == 2 and config_two["tiles_per_step"] == 2 * batch
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)

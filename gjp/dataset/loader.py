@@ -146,11 +146,21 @@ class TileDataset(Dataset):
 class LengthGroupedBatchSampler(Sampler):
     """Batches of tiles with similar entity counts, so little of a batch is padding: draw
     ``batch_size × group`` tiles at random, sort them by entity count, cut ``group``
-    batches, and yield those in random order. Seeded; a new order every epoch."""
+    batches, and yield those in random order. Seeded; a new order every epoch.
 
-    def __init__(self, lengths, batch_size: int, group: int = 16, seed: int = 0, drop_last: bool = False):
+    Across ``world`` processes (DDP), every process builds the same epoch and takes the
+    batches whose number is ``rank`` modulo ``world``; with ``even`` (training) the
+    epoch's last batches are dropped so that every process gets as many, which collective
+    steps need. Each batch keeps its epoch-wide number, so what is seeded from it (the
+    masks, dropout, noise) is the same whichever process loads it."""
+
+    def __init__(self, lengths, batch_size: int, group: int = 16, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world: int = 1, even: bool = True):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in a world of {world}")
         self.lengths = np.asarray(lengths)
         self.batch_size, self.group, self.seed, self.drop_last = batch_size, group, seed, drop_last
+        self.rank, self.world, self.even = rank, world, even
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -168,12 +178,20 @@ class LengthGroupedBatchSampler(Sampler):
                 batch = chunk[b:b + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch.tolist())
-        for number, k in enumerate(rng.permutation(len(batches))):
-            yield BatchIndices(batches[k], self.epoch, number)
+        shuffled = rng.permutation(len(batches))
+        usable = len(batches) - len(batches) % self.world if self.even else len(batches)
+        for number in range(self.rank, usable, self.world):
+            yield BatchIndices(batches[shuffled[number]], self.epoch, number)
 
-    def __len__(self) -> int:
+    def _batches(self) -> int:
         n = len(self.lengths)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        n = self._batches()
+        if self.even:
+            return n // self.world
+        return len(range(self.rank, n, self.world))
 
 
 def collate_tiles(samples: list[TileSample]) -> dict:

@@ -127,3 +127,18 @@ class GeoJepa(nn.Module):
         peak = out.masked_fill(~real, float("-inf")).amax(dim=1)
         peak = torch.where(real.any(dim=1), peak, torch.zeros_like(peak))
         return torch.cat([mean, peak], dim=-1), out
+
+
+class TileJepa(nn.Module):
+    """A tokenizer and a :class:`GeoJepa` as one module: ``forward(batch, generator)`` is
+    the JEPA step of one collated, masked batch (what DDP wraps, so both are trained and
+    synchronised together). The outputs are GeoJepa's plus the batch's ``padding``."""
+
+    def __init__(self, tokenizer: nn.Module, model: GeoJepa):
+        super().__init__()
+        self.tokenizer, self.model = tokenizer, model
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        tokens, conditions, padding = self.tokenizer(batch, generator)
+        out = self.model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
+        return {**out, "padding": padding}

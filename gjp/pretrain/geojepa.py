@@ -45,6 +45,7 @@ class GeoJepaTrainConfig:
     weight_decay: tuple = (0.04, 0.4)
     momentum: tuple = (0.996, 0.9999)
     grad_clip: float = 10.0
+    accumulate: int = 1              # batches per optimiser step (and per process under torchrun)
     modality_dropout: float = 0.3
     position_noise: float = 5e-4
     collapse_std: float = 1e-3       # stop when the target outputs' spread falls below this
@@ -151,20 +152,28 @@ class JepaReport:
 
 
 def pretrain_geojepa(output: str | Path, config: GeoJepaTrainConfig | None = None, *, device: str = "auto",
-                     overwrite: bool = False, resume: bool = False, reporter: Reporter = QUIET) -> JepaReport:
+                     overwrite: bool = False, resume: bool = False, workers: int = 0,
+                     reporter: Reporter = QUIET) -> JepaReport:
     """Train and write ``output``. After every epoch the state (weights, optimiser, step,
-    the generator of dropout and noise, the metrics so far) is saved to
-    ``.NAME.progress/`` beside the output; ``resume`` continues from there, and the run
-    then goes on exactly as if it had never stopped. The progress directory is removed
-    when the run is published."""
+    RNG states, the metrics so far) is saved to ``.NAME.progress/`` beside the output;
+    ``resume`` continues from there, and the run then goes on exactly as if it had never
+    stopped. The progress directory is removed when the run is published. ``workers``
+    loader processes change nothing but speed; under torchrun (:mod:`.distributed`) each
+    process trains on its share of the batches and only rank 0 writes."""
     import torch
+
+    from gjp.device import resolve_device
+    from gjp.pretrain.distributed import from_environment
 
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)  # same seed, same weights on CPU
+    ranks, device = from_environment(resolve_device(device))
     try:
-        return _pretrain(Path(output), config or GeoJepaTrainConfig(), device, overwrite, resume, reporter)
+        return _pretrain(Path(output), config or GeoJepaTrainConfig(), device, overwrite, resume, workers,
+                         ranks, reporter if ranks.main else QUIET)
     finally:
         torch.use_deterministic_algorithms(previous)
+        ranks.close()
 
 
 def progress_dir(output: Path) -> Path:
@@ -195,18 +204,47 @@ def _load_progress(output: Path, run_config: dict) -> dict:
     return load_checkpoint(directory / "state.pt")
 
 
-def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: bool, resume: bool,
-              reporter: Reporter) -> JepaReport:
+def batch_generator(seed: int, epoch: int, number: int, device):
+    """The generator of a batch's modality dropout and position noise, seeded like its
+    masks from (seed, epoch, batch number): nothing depends on which process or worker
+    handled the batch, or on what ran before it (a resumed run needs no generator state)."""
+    import torch
+
+    word = np.random.SeedSequence([seed, epoch, number, 0x6E6F6973]).generate_state(2, np.uint32)
+    return torch.Generator(device=device).manual_seed(int(word[0]) << 32 | int(word[1]))
+
+
+def _rng_states() -> dict:
+    import torch
+
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool, resume: bool, workers: int,
+              ranks, reporter: Reporter) -> JepaReport:
+    import contextlib
+
     import torch
 
     from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset
-    from gjp.device import autocast, resolve_device, to_device
+    from gjp.device import autocast, to_device
+    from gjp.models.geojepa import TileJepa
     from gjp.pretrain.masks import MaskingCollator
     from gjp.pretrain.schedules import ema_momentum, learning_rate, weight_decay
 
     modalities = config.modality_set()
     check_output_free(output, overwrite, directory=True)
-    device = resolve_device(device)
     started = time.perf_counter()
     train_tiles, val_tiles = tile_splits(config.dataset, config.splits, config.all_tiles)
     if "G" in modalities:
@@ -222,23 +260,33 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
 
         encoder, geometry_run = load_polygnn(config.geometry_encoder)
     tokenizer, model, model_config = build_model(config, table, encoder)
-    tokenizer.to(device)
-    model.to(device)
+    step_module = TileJepa(tokenizer, model).to(device)
+    trainer = step_module
+    if ranks.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
     collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed)
     train_set, val_set = TileDataset(config.dataset, train_tiles), TileDataset(config.dataset, val_tiles)
-    train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed)
-    val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1)
-    trainable = [p for m in (tokenizer, model) for p in m.parameters() if p.requires_grad]
+    train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed,
+                                              rank=ranks.rank, world=ranks.world)
+    val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1,
+                                            rank=ranks.rank, world=ranks.world, even=False)
+    if not len(train_sampler):
+        raise GjpError(f"{config.dataset}: {len(train_tiles)} train tiles make no batch for each of "
+                       f"{ranks.world} processes; use a smaller --batch-size")
+    trainable = [p for p in step_module.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95))
-    steps_per_epoch = len(train_sampler)
+    micro_per_epoch = len(train_sampler)
+    steps_per_epoch = -(-micro_per_epoch // config.accumulate)
     total = steps_per_epoch * config.epochs
-    generator = torch.Generator().manual_seed(config.seed)
     run_config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "geojepa",
                   "model_config": model_config.to_dict(), "preset": config.preset, "train": asdict(config),
                   "geometry_config": geometry_run["model_config"] if geometry_run else None,
                   "vocabulary": int(len(table)) if table is not None else None,
                   "tag_dim": int(table.shape[1]) if table is not None else None,
                   "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
+                  "processes": ranks.world, "tiles_per_step": config.batch_size * config.accumulate * ranks.world,
                   "parameters": sum(p.numel() for p in trainable), "gjp_version": __version__,
                   "torch_version": torch.__version__, "command": command_line()}
     metrics, step, train_loss, val_loss, first_epoch = [], 0, float("nan"), None, 0
@@ -248,7 +296,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
             tokenizer.load_state_dict(state["tokenizer"])
             model.load_state_dict(state["model"])
             optimiser.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
+            _set_rng_states(state["rng"])
             step, first_epoch, val_loss = int(state["step"]), int(state["epoch"]), state["val_loss"]
             metrics = json.loads(state["metrics"])
         except (KeyError, RuntimeError, ValueError, TypeError) as err:
@@ -256,60 +304,76 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
         train_loss = metrics[-1]["loss"] if metrics else float("nan")
         reporter.info(f"resuming after epoch {first_epoch} (step {step})")
     bar = reporter.progress(total=total, initial=step, desc="geojepa", unit=" step")
-    last = time.perf_counter()
     for epoch in range(first_epoch, config.epochs):
         train_sampler.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=collator)
-        tokenizer.train()
-        model.train()
-        for batch in loader:
-            lr = learning_rate(step, total, config.lr, warmup=config.warmup)
-            wd = weight_decay(step, total, start=config.weight_decay[0], end=config.weight_decay[1])
-            momentum = ema_momentum(step, total, start=config.momentum[0], end=config.momentum[1])
-            for group in optimiser.param_groups:
-                group["lr"], group["weight_decay"] = lr, wd
+        loader = torch.utils.data.DataLoader(train_set, batch_sampler=train_sampler, collate_fn=collator,
+                                             num_workers=workers, persistent_workers=False)
+        step_module.train()
+        for i, batch in enumerate(loader):
+            first = i % config.accumulate == 0
+            in_step = min(config.accumulate, micro_per_epoch - i + i % config.accumulate)  # micro-batches of this step
+            if first:
+                lr = learning_rate(step, total, config.lr, warmup=config.warmup)
+                wd = weight_decay(step, total, start=config.weight_decay[0], end=config.weight_decay[1])
+                momentum = ema_momentum(step, total, start=config.momentum[0], end=config.momentum[1])
+                for group in optimiser.param_groups:
+                    group["lr"], group["weight_decay"] = lr, wd
+                optimiser.zero_grad(set_to_none=True)
+                parts, began = [], time.perf_counter()
+            last = i % config.accumulate == in_step - 1
             batch = to_device(batch, device)
-            with autocast(device):
-                tokens, conditions, padding = tokenizer(batch, generator)
-                out = model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
-            loss = out["loss"].float()
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            generator = batch_generator(config.seed, batch["epoch"], batch["number"], device)
+            sync = contextlib.nullcontext() if last or not ranks.active else trainer.no_sync()
+            with sync:
+                with autocast(device):
+                    out = trainer(batch, generator)
+                (out["loss"].float() / in_step).backward()
+            targets = out["targets"][~out["padding"]].detach().float()
+            parts.append([float(out["loss"].detach()), float(out["prediction"]), float(out["variance"]),
+                          float(out["covariance"]), out["context_tokens"], out["target_tokens"],
+                          float(targets.std(dim=0).mean()) if len(targets) > 1 else 0.0, len(batch["names"])])
+            if not last:
+                continue
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimiser.step()
             model.update_target(momentum)
-            targets = out["targets"][~padding].detach().float()
-            spread = float(targets.std(dim=0).mean()) if len(targets) > 1 else 0.0
-            train_loss = float(loss.detach())
+            mean = np.mean(parts, axis=0).tolist()
+            loss, prediction, variance, covariance, _, _, spread, _ = ranks.mean(mean, device)
+            context_tokens, target_tokens, tiles = ranks.sum(np.sum(parts, axis=0)[[4, 5, 7]].tolist(), device)
+            train_loss = loss
             if not np.isfinite(train_loss):
                 raise GjpError(f"geojepa: the loss became {train_loss} at step {step}; try a smaller --lr")
             if spread < config.collapse_std and step >= steps_per_epoch:
                 raise GjpError(f"geojepa: collapsed at step {step} (target outputs' spread {spread:.2e} < "
                                f"{config.collapse_std:g}); try a smaller --lr")
-            metrics.append({"step": step, "epoch": epoch + 1, "loss": train_loss,
-                            "prediction": float(out["prediction"]), "variance": float(out["variance"]),
-                            "covariance": float(out["covariance"]), "lr": lr, "weight_decay": wd,
-                            "momentum": momentum, "context_tokens": out["context_tokens"],
-                            "target_tokens": out["target_tokens"], "target_std": spread,
+            metrics.append({"step": step, "epoch": epoch + 1, "loss": train_loss, "prediction": prediction,
+                            "variance": variance, "covariance": covariance, "lr": lr, "weight_decay": wd,
+                            "momentum": momentum, "context_tokens": int(context_tokens),
+                            "target_tokens": int(target_tokens), "target_std": spread,
                             "target_rank": effective_rank(targets[:512]),
-                            "tiles_per_s": round(len(batch["names"]) / max(time.perf_counter() - last, 1e-9), 1),
+                            "tiles_per_s": round(tiles / max(time.perf_counter() - began, 1e-9), 1),
                             "peak_memory_mb": _peak_memory_mb(device)})
-            last = time.perf_counter()  # tiles/s counts loading and masking too
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{train_loss:.4f}", epoch=epoch + 1)
         if len(val_tiles):
-            val_loss = _validation_loss(tokenizer, model, val_set, val_sampler, collator, epoch, device)
+            val_loss = _validation_loss(step_module, val_set, val_sampler, collator, epoch, device, ranks)
             metrics[-1]["val_loss"] = val_loss
         if epoch + 1 < config.epochs:
-            _save_progress(output, run_config, {
-                "tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
-                "optimizer": optimiser.state_dict(), "generator": generator.get_state(), "step": step,
-                "epoch": epoch + 1, "val_loss": val_loss, "metrics": json.dumps(metrics)})
+            if ranks.main:
+                _save_progress(output, run_config, {
+                    "tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
+                    "optimizer": optimiser.state_dict(), "rng": _rng_states(), "step": step, "epoch": epoch + 1,
+                    "val_loss": val_loss, "metrics": json.dumps(metrics)})
+            ranks.barrier()
     bar.close()
     seconds = time.perf_counter() - started
+    report = JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
+    if not ranks.main:
+        ranks.barrier()  # rank 0 is publishing the run
+        return report
     checkpoint = {"tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
-                  "optimizer": optimiser.state_dict(), "step": step}
+                  "optimizer": optimiser.state_dict(), "rng": _rng_states(), "step": step}
     summary = {"epochs": config.epochs, "steps": step, "train_loss": train_loss, "val_loss": val_loss,
                "seconds": round(seconds, 1)}
     write_run(output, overwrite, run_config, ("checkpoint.pt", checkpoint), metrics, summary,
@@ -317,7 +381,8 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device: str, overwrite: 
                ["loss", "prediction", "val_loss", "variance", "covariance", "target_std", "target_rank", "lr",
                 "weight_decay", "momentum", "tiles_per_s", "peak_memory_mb"]))
     shutil.rmtree(progress_dir(output), ignore_errors=True)
-    return JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
+    ranks.barrier()
+    return report
 
 
 def _peak_memory_mb(device) -> float:
@@ -335,21 +400,21 @@ def _cpu(state: dict) -> dict:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
-def _validation_loss(tokenizer, model, dataset, sampler, collator, epoch, device) -> float:
+def _validation_loss(step_module, dataset, sampler, collator, epoch, device, ranks) -> float:
+    """The prediction loss over the val tiles (each process its share), weighted by
+    target tokens; the model in eval mode (no dropout, no noise)."""
     import torch
 
     from gjp.device import to_device
 
     sampler.set_epoch(epoch)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)
-    tokenizer.eval()
-    model.eval()
-    losses, weights = [], []
+    step_module.eval()
+    total, weight = 0.0, 0.0
     with torch.no_grad():
         for batch in loader:
-            batch = to_device(batch, device)
-            tokens, conditions, padding = tokenizer(batch)
-            out = model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
-            losses.append(float(out["prediction"]))
-            weights.append(out["target_tokens"])
-    return float(np.average(losses, weights=weights)) if losses else float("nan")
+            out = step_module(to_device(batch, device))
+            total += float(out["prediction"]) * out["target_tokens"]
+            weight += out["target_tokens"]
+    total, weight = ranks.sum([total, weight], device)
+    return total / weight if weight else float("nan")

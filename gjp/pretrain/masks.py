@@ -181,7 +181,8 @@ class MaskingCollator:
     per image patch of a ``grid × grid`` map (its centre in the tile frame, y up) and, with
     ``image_global``, one for the whole image (centre (0.5, 0.5)); image slots of a tile
     without an image are padding. Adds ``context_mask`` [B,T], ``target_masks`` [B,K,T]
-    (torch bool) and ``mask_strategy`` [B]. Seeded from (seed, the batch's epoch, its
+    (torch bool), ``mask_strategy`` [B], and the batch's ``epoch`` and ``number``
+    (which seed the model's own randomness of the batch too). Seeded from (seed, the batch's epoch, its
     number), which :class:`gjp.dataset.loader.BatchIndices` carries to every worker."""
 
     ENTITY, IMAGE = 1, 2
@@ -224,5 +225,5 @@ class MaskingCollator:
                                       axis=1)
         masks = draw_masks(valid, centres, modality, self.config, mask_rng(self.seed, epoch, number))
         batch.update(context_mask=torch.from_numpy(masks.context), target_masks=torch.from_numpy(masks.targets),
-                     mask_strategy=torch.from_numpy(masks.strategy))
+                     mask_strategy=torch.from_numpy(masks.strategy), epoch=epoch, number=number)
         return batch
