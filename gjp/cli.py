@@ -471,6 +471,15 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--splits", type=click.Path(path_type=Path), default=Path("tasks/splits.csv"), show_default=True,
               help="geojepa: pretrain on the train groups, validate on the val groups (test groups never enter).")
 @click.option("--all-tiles", is_flag=True, help="geojepa: pretrain on every tile (no splits; the probes are then less honest).")
+@click.option("--image-tokens", type=click.Choice(["patches", "patches+global"]), default="patches", show_default=True,
+              help="geojepa with I: the backbone's patch tokens, or those and its global token (which sums up "
+                   "the whole image in every context).")
+@click.option("--image-backbone", type=click.Choice(["efficientnet_lite0", "vit_b_16"]), default="efficientnet_lite0",
+              show_default=True, help="geojepa with I: the frozen image backbone (its tokens are cached next to "
+                                      "the dataset, computed once).")
+@click.option("--image-weights", default="default", show_default=True,
+              help="geojepa with I: the backbone's weights: default (efficientnet_lite0: the ImageNet weights "
+                   "installed with gjp; vit_b_16: torchvision's ImageNet download), imagenet, or a state-dict file.")
 @click.option("--resume", is_flag=True, help="geojepa: continue an interrupted run from its last finished epoch.")
 @click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
               help="Model size.")
@@ -481,6 +490,11 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
               help="geojepa: batches per optimiser step (gradient accumulation; per process under torchrun).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="geojepa: loader processes (0: load in this process). Outputs do not depend on it.")
+@click.option("--registers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="geojepa: register tokens in the context and target encoders (extra learned tokens, "
+                   "never pooled).")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="geojepa: torch.compile the model (worth it on CUDA; the first steps are slower).")
 @click.option("--n-per-class", type=click.IntRange(min=1), default=40, show_default=True,
               help="polygnn --pretext digits: training samples per class (val and test get an eighth).")
 @click.option("--max-entities", type=click.IntRange(min=1), default=20000, show_default=True,
@@ -490,12 +504,14 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common
 def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, geometry_encoder, splits, all_tiles,
-                 resume, preset, epochs, batch_size, lr, accumulate, workers, n_per_class, max_entities,
-                 no_spanning_tree, seed, device, overwrite, quiet):
+                 image_tokens, image_backbone, image_weights, resume, preset, epochs, batch_size, lr, accumulate,
+                 workers, registers, compile_model, n_per_class, max_entities, no_spanning_tree, seed, device,
+                 overwrite, quiet):
     """Pretrain a model and write runs/NAME/ (config.json, weights, metrics.jsonl).
 
-    geojepa: self-supervised pretraining over each tile's entity tokens (tags through the
-    frozen tag embeddings, geometry through a frozen polygnn encoder): a context encoder
+    geojepa: self-supervised pretraining over each tile's tokens (entities: tags through the
+    frozen tag embeddings, geometry through a frozen polygnn encoder; images: the patch
+    tokens of a frozen image backbone, cached next to the dataset): a context encoder
     predicts, from what a mask leaves it, the target encoder's outputs for the masked
     tokens. It trains on the train groups of tasks/splits.csv and reports a validation
     loss on the val groups.
@@ -507,6 +523,8 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
     Example:
       gjp pretrain --model polygnn --pretext digits
       gjp pretrain --modalities T,G
+      gjp pretrain --modalities T,G,I
+      gjp pretrain --modalities I -i chips.h5 --all-tiles
       gjp pretrain --model polygnn --pretext osm -i dataset.h5 --epochs 10
       torchrun --nproc-per-node 4 -m gjp pretrain --modalities T,G   (DDP: one process per GPU)
     """
@@ -526,7 +544,9 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
                                     batch_size=batch_size or 32, lr=lr or 5e-4, accumulate=accumulate, seed=seed,
                                     dataset=str(dataset),
                                     tag_embeddings=str(tag_embeddings), geometry_encoder=str(geometry_encoder),
-                                    splits=str(splits), all_tiles=all_tiles)
+                                    splits=str(splits), all_tiles=all_tiles, image_tokens=image_tokens,
+                                    image_backbone=image_backbone, image_weights=image_weights,
+                                    registers=registers, compile=compile_model)
         name = "".join(sorted(config.modality_set(), key="TGI".index))
         output = output or Path("runs") / f"geojepa-{name}"
         report = pretrain_geojepa(output, config, device=device, overwrite=overwrite, resume=resume,
@@ -539,7 +559,8 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
 
 @cli.command("embed")
 @click.option("--model", "model", required=True,
-              help="tagcount, tagpool, vit_b_16, resnet50, polygnn (with --checkpoint), or a GeoJEPA run (runs/NAME/).")
+              help="tagcount, tagpool, vit_b_16, resnet50, efficientnet_lite0, polygnn (with --checkpoint), or a "
+                   "GeoJEPA run (runs/NAME/).")
 @click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"), show_default=True)
 @click.option("--task", "task_dir", type=click.Path(path_type=Path),
               help="Embed what a task's model may see (tasks/NAME-masked/ → its masked inputs).")
@@ -547,8 +568,10 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
               help="[default: embeddings/MODEL.h5, or embeddings/MODEL__TASK.h5 with --task]")
 @click.option("--tag-embeddings", type=click.Path(path_type=Path), default=Path("tag-embeddings.parquet"),
               show_default=True, help="tagpool: the tag vectors from `gjp embed-tags`.")
-@click.option("--weights", default="none", show_default=True,
-              help="Image models: imagenet (downloaded by torchvision), none (random, seeded) or a state-dict file.")
+@click.option("--weights", default="default", show_default=True,
+              help="Image models: default (efficientnet_lite0: its ImageNet weights, installed with gjp; vit_b_16 / "
+                   "resnet50: none), imagenet (vit_b_16 / resnet50: downloaded by torchvision), none (random, "
+                   "seeded) or a state-dict file.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="polygnn: the run directory of `gjp pretrain --model polygnn` (runs/NAME/).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -562,8 +585,10 @@ def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, checkpo
 
     tagcount: log(1 + count) of each vocabulary entry in the tile. tagpool: entities are
     the mean of their tags' embeddings, tiles [mean ‖ max] over entities (entity
-    embeddings are written too). vit_b_16 / resnet50: the tile's image chip through a
-    torchvision backbone (CLS token / pooled features); tiles without a chip are skipped.
+    embeddings are written too). vit_b_16 / resnet50 / efficientnet_lite0: the tile's image
+    chip through a frozen backbone (CLS token / pooled features; efficientnet_lite0 has its
+    ImageNet weights offline); tiles without a chip are skipped. A GeoJEPA run: its target
+    encoder over the tile's tokens, [mean ‖ max] over real tokens (entity vectors too).
     polygnn: each entity's graph through a pretrained geometry encoder, tiles [mean ‖ max]
     over entities (entity embeddings written too: `gjp knn --entity` finds similar shapes).
 
@@ -572,6 +597,7 @@ def embed_cmd(model, dataset, task_dir, output, tag_embeddings, weights, checkpo
       gjp embed --model tagpool
       gjp embed --model tagcount --task tasks/bridge-masked/
       gjp embed --model vit_b_16 --weights imagenet
+      gjp embed --model efficientnet_lite0 -i chips.h5
       gjp embed --model polygnn --checkpoint runs/polygnn-osm/
       gjp embed --model runs/geojepa-TG/ --task tasks/bridge-masked/
     """

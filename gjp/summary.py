@@ -108,8 +108,11 @@ def summarize(path: str | Path) -> tuple[str, dict]:
             return "results", summarize_results(sorted(path.glob("*.json")), path)
         return "tiles", summarize_tiles(path)
     if path.suffix in (".h5", ".hdf5"):
-        if _hdf5_format(path) == "gjp-embeddings":
+        fmt = _hdf5_format(path)
+        if fmt == "gjp-embeddings":
             return "embeddings", summarize_embeddings(path)
+        if fmt == "gjp-image-tokens":
+            return "image-tokens", summarize_image_tokens(path)
         return "dataset", summarize_dataset(path)
     if path.suffix == ".json":
         return "results", summarize_results([path], path)
@@ -140,6 +143,10 @@ def format_any(kind: str, s: dict) -> str:
         if s["entities"]:
             text += f"\n  {s['entities']} entity embeddings of {s['entity_dim']} dims"
         return text + f"\n  vector norms {s['norm'][0]:.3g}/{s['norm'][1]:.3g}/{s['norm'][2]:.3g} (min/median/max)"
+    if kind == "image-tokens":
+        return (f"{s['path']}: image tokens of {s['backbone']} ({s['grid']}×{s['grid']} patches + 1 global, "
+                f"{s['dim']} dims) for {s['images']} of the {s['tiles']} tiles of {s['dataset']}; weights "
+                f"{s['weights'][:16]}; {s['valid_patches']:.0%} of the patch tokens valid")
     if kind == "run":
         from gjp.pretrain.runs import format_run
 
@@ -240,6 +247,21 @@ def summarize_embeddings(path: Path) -> dict:
             "entities": 0 if entities is None else int(len(entities)),
             "entity_dim": 0 if entities is None else int(entities.shape[1]),
             "norm": [float(norms.min()), float(np.median(norms)), float(norms.max())] if len(norms) else [0, 0, 0]}
+
+
+def summarize_image_tokens(path: Path) -> dict:
+    import h5py
+
+    from gjp.dataset.image_tokens import ImageTokenFile
+
+    tokens = ImageTokenFile(path)  # checks the file
+    with h5py.File(path, "r") as f:
+        valid = f["valid"][()]
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    return {"path": str(path), "backbone": tokens.backbone, "grid": tokens.grid, "dim": tokens.dim,
+            "tiles": len(tokens), "images": int((tokens.rows >= 0).sum()), "dataset": str(attrs.get("dataset")),
+            "weights": str(attrs.get("weights")),
+            "valid_patches": float(valid[:, :-1].mean()) if valid.size else 0.0}
 
 
 def summarize_results(paths: list[Path], where: Path) -> dict:

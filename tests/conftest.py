@@ -28,6 +28,12 @@ def opl_to_pbf(text: str, path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def opl_pbf():
+    """:func:`opl_to_pbf` for fixtures of any scope (tests never import conftest)."""
+    return opl_to_pbf
+
+
 @pytest.fixture
 def opl(tmp_path):
     """``opl(text) -> Path`` of a fresh .osm.pbf holding the OPL objects."""

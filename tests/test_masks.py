@@ -169,12 +169,3 @@ def test_the_collator_masks_do_not_depend_on_the_number_of_workers(monaco_datase
         assert names == names2 and torch.equal(context, context2) and torch.equal(targets, targets2)
         assert not (context[:, None, :] & targets).any()
 
-
-def test_the_collator_adds_image_slots_for_tiles_with_an_image():
-    from gjp.pretrain.masks import MaskingCollator
-
-    collator = MaskingCollator(MaskConfig(), image_grid=7)
-    centres = collator.image_centres()
-    assert centres.shape == (50, 2)
-    assert centres[0].tolist() == pytest.approx([1 / 14, 1 - 1 / 14])   # top-left patch, y up
-    assert centres[-1].tolist() == [0.5, 0.5]                            # the global token

@@ -72,3 +72,51 @@ def test_conditioning_is_noisy_in_training_only_and_never_in_place():
     assert not torch.allclose(a, c)
     assert torch.equal(box, before)  # the caller's min boxes are untouched
     assert not torch.allclose(a[0], a[2])  # the modality is part of the condition
+
+
+def _image_batch(b=3, entities=4, patches=5, width=12):
+    """A collated batch with entities (the last tile has none) and image tokens (the second
+    tile has no image, the first a patch without data)."""
+    torch.manual_seed(4)
+    counts = [2, entities, 0]
+    padding = torch.ones(b, entities, dtype=torch.bool)
+    for i, n in enumerate(counts):
+        padding[i, :n] = False
+    valid = torch.ones(b, patches, dtype=torch.bool)
+    valid[1] = False
+    valid[0, 0] = False
+    box = torch.tensor([[0, 0, 1, 0, 1, 1, 0, 1]], dtype=torch.float32).repeat(patches, 1) * 0.5
+    return {"padding_mask": padding, "min_box": torch.rand(b, entities, 8),
+            "modality": (~padding).long(), "tag_ids": torch.arange(sum(counts)) % 10,
+            "tag_offsets": torch.arange(sum(counts)), "entity_batch": torch.repeat_interleave(torch.arange(b),
+                                                                                              torch.tensor(counts)),
+            "entity_slot": torch.cat([torch.arange(n) for n in counts]),
+            "image_tokens": torch.randn(b, patches, width), "image_token_valid": valid, "image_token_box": box}
+
+
+@pytest.mark.parametrize("with_tags", [True, False])
+@pytest.mark.parametrize("image_global", [True, False])
+def test_image_tokens_follow_the_entities_with_their_own_padding_and_modality(with_tags, image_global):
+    from gjp.models.tokenizers import ImageTokens, TileTokenizer
+
+    batch = _image_batch()
+    tags = TagTokens(torch.randn(10, 6), dim=16) if with_tags else None
+    tokenizer = TileTokenizer(16, tags, None, ImageTokens(12, 16), image_global=image_global).eval()
+    tokens, conditions, padding = tokenizer(batch)
+    p = 5 if image_global else 4
+    assert tokens.shape == (3, 4 + p, 16) and conditions.shape == tokens.shape
+    image_padding = ~batch["image_token_valid"][:, :p]
+    assert torch.equal(padding[:, 4:], image_padding)      # no image, or a patch without data: padding
+    entity_padding = batch["padding_mask"] if with_tags else torch.ones(3, 4, dtype=torch.bool)
+    assert torch.equal(padding[:, :4], entity_padding)      # images alone: the entity slots are padding
+    # an image token is its projected backbone token plus its condition (modality 2, its box)
+    expected = tokenizer.images(batch["image_tokens"][2, :p]) + tokenizer.conditioning(
+        batch["image_token_box"][:p], torch.full((p,), 2))
+    torch.testing.assert_close(tokens[2, 4:], expected)
+
+
+def test_a_tokenizer_needs_a_modality():
+    from gjp.models.tokenizers import TileTokenizer
+
+    with pytest.raises(ValueError, match="needs tags, geometry, images"):
+        TileTokenizer(16, None, None, None)

@@ -41,6 +41,10 @@ class TileSample:
     visibility_offsets: np.ndarray
     image: np.ndarray | None = None   # [S, S, 3] uint8 (S: the dataset's chip size)
     image_valid: np.ndarray | None = None
+    image_tokens: np.ndarray | None = None       # [P+1, C] float32 (cached backbone tokens)
+    image_token_valid: np.ndarray | None = None  # [P+1] bool
+    image_token_box: np.ndarray | None = None    # [P+1, 8]: set on every sample when tokens are loaded
+    image_token_dim: int = 0                     # C, likewise (a batch without any image still knows it)
 
     @property
     def graphs(self) -> EntityGraphs:
@@ -69,9 +73,11 @@ class TileBatch(list):
 
 
 class TileDataset(Dataset):
-    """Tiles of a ``dataset.h5``; ``indices`` restricts it to a subset (e.g. a split)."""
+    """Tiles of a ``dataset.h5``; ``indices`` restricts it to a subset (e.g. a split).
+    ``images`` adds each tile's chip; ``image_tokens`` (the path of the dataset's cache,
+    :func:`gjp.dataset.image_tokens.ensure_image_tokens`) its frozen backbone tokens."""
 
-    def __init__(self, path, indices=None, images: bool = False):
+    def __init__(self, path, indices=None, images: bool = False, image_tokens=None):
         self.path = str(path)
         with open_dataset(path, require_images=images) as f:
             offsets = f["tiles/entity_offsets"][()]
@@ -80,6 +86,15 @@ class TileDataset(Dataset):
         self.tile_offsets = offsets
         self.indices = np.arange(len(self.names)) if indices is None else np.asarray(indices, dtype=np.int64)
         self.images = images
+        self.image_tokens = None
+        if image_tokens is not None:
+            from gjp.dataset.image_tokens import ImageTokenFile
+            from gjp.errors import GjpError
+
+            self.image_tokens = ImageTokenFile(image_tokens)
+            if not self.image_tokens.matches(self.names):
+                raise GjpError(f"{image_tokens}: image tokens of another dataset than {path} (recompute them "
+                               "with gjp.dataset.image_tokens.ensure_image_tokens)")
         self._file = None
         self._pid = None
         self._datasets = {}
@@ -140,6 +155,11 @@ class TileDataset(Dataset):
         if self.images and self.has_image[t]:
             sample.image = f("images/pixels")[t]
             sample.image_valid = f("images/valid")[t]
+        if self.image_tokens is not None:
+            sample.image_token_box, sample.image_token_dim = self.image_tokens.boxes, self.image_tokens.dim
+            row = self.image_tokens.row(t)
+            if row is not None:
+                sample.image_tokens, sample.image_token_valid = row
         return sample
 
 
@@ -206,9 +226,13 @@ def collate_tiles(samples: list[TileSample]) -> dict:
     ``entity_slot`` giving each real entity's place in ``[B, E]``; the entity graphs as one
     torch-geometric ``Batch`` (``x`` node coordinates, ``edge_index`` both directions,
     ``edge_type`` 0 geometry / 1 visibility, ``batch`` = the entity of each node, indexing
-    the real entities); and, when the dataset has images, ``image [B,3,S,S]`` (S: the
+    the real entities); when the dataset has images, ``image [B,3,S,S]`` (S: the
     dataset's chip size; normalised with the NAIP statistics), ``image_valid [B,S,S]`` and
-    ``has_image [B]``.
+    ``has_image [B]``; and when it was loaded with its image tokens, ``image_tokens
+    [B,P+1,C]`` float32 (patches row by row from the north-west, then the global token;
+    zeros for a tile without an image), ``image_token_valid [B,P+1]`` (all False without an
+    image), ``image_token_box [P+1,8]`` (each token's box in tile units, as ``min_box``)
+    and ``has_image [B]``.
     """
     b = len(samples)
     counts = np.array([len(s.kind) for s in samples], dtype=np.int64)
@@ -253,4 +277,15 @@ def collate_tiles(samples: list[TileSample]) -> dict:
                 valid[i] = torch.from_numpy(s.image_valid)
                 has[i] = True
         out.update(image=image, image_valid=valid, has_image=has)
+    box = next((s.image_token_box for s in samples if s.image_token_box is not None), None)
+    if box is not None:
+        dim = next(s.image_token_dim for s in samples if s.image_token_box is not None)
+        tokens = np.zeros((b, len(box), dim), dtype=np.float32)
+        token_valid = np.zeros((b, len(box)), dtype=bool)
+        for i, s in enumerate(samples):
+            if s.image_tokens is not None:
+                tokens[i], token_valid[i] = s.image_tokens, s.image_token_valid
+        out.update(image_tokens=torch.from_numpy(tokens), image_token_valid=torch.from_numpy(token_valid),
+                   image_token_box=torch.tensor(np.asarray(box), dtype=torch.float32),
+                   has_image=torch.tensor([s.image_tokens is not None for s in samples], dtype=torch.bool))
     return out

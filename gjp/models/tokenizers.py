@@ -1,5 +1,5 @@
-"""GeoJEPA's entity tokens: tags and geometry fused into one token per entity, plus the
-conditioning every token gets (where it is, which modality it is).
+"""GeoJEPA's tokens: tags and geometry fused into one token per entity, image tokens from
+a frozen backbone, and the conditioning every token gets (where it is, which modality).
 
 - :class:`TagTokens`: an entity's tags through the frozen tag embeddings (``gjp
   embed-tags``) as a mean (``nn.EmbeddingBag``), unit-normalised, then Linear → LayerNorm.
@@ -13,6 +13,10 @@ conditioning every token gets (where it is, which modality it is).
 - :class:`Conditioning`: an MLP of a token's 8-number min box plus a learned embedding of
   its modality, returned for the caller to add (never added in place); in training the
   min box first gets Gaussian noise (σ = 5e-4 tile units, about 0.25 m in the US).
+- :class:`ImageTokens`: the cached patch and global tokens of a frozen image backbone,
+  Linear → LayerNorm; each patch's min box is its square of the tile.
+- :class:`TileTokenizer`: a collated batch → the token sequence of each tile (entities,
+  then image tokens), its conditions and its padding.
 
 Imports torch only.
 """
@@ -85,27 +89,69 @@ class Conditioning(nn.Module):
         return self.box(min_box) + self.modality(modality)
 
 
-class EntityTokenizer(nn.Module):
-    """A batch of ``collate_tiles`` → ``(tokens, conditions, padding)``, ``[B,E,d]`` each
-    (padding ``[B,E]``): every entity's fused tag/geometry token with its conditioning
-    added, the conditioning alone (what the predictor is told about a slot), and where the
-    padding is. ``tags`` and ``geometry`` may each be None (that modality is off)."""
+class ImageTokens(nn.Module):
+    """A frozen image backbone's cached tokens (:mod:`gjp.dataset.image_tokens`: patch
+    tokens, then the global one) → Linear → LayerNorm to the model width."""
+
+    def __init__(self, backbone_dim: int, dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(backbone_dim, dim), nn.LayerNorm(dim))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens)
+
+
+class TileTokenizer(nn.Module):
+    """A batch of ``collate_tiles`` → ``(tokens, conditions, padding)``, ``[B,T,d]`` each
+    (padding ``[B,T]``): T slots = the tile's entities (each the fused tag/geometry token)
+    then, with images, its image tokens (patches row by row, then the global token unless
+    ``image_global`` is off). Tokens have their conditioning added; ``conditions`` is the
+    conditioning alone (what the predictor is told about a slot). ``tags``, ``geometry``
+    and ``images`` may each be None (that modality is off); without tags and geometry the
+    entity slots are all padding."""
 
     def __init__(self, dim: int, tags: TagTokens | None, geometry: GeometryTokens | None,
-                 dropout: float = 0.3, noise: float = 5e-4):
+                 images: ImageTokens | None = None, dropout: float = 0.3, noise: float = 5e-4,
+                 image_global: bool = True):
         super().__init__()
-        if tags is None and geometry is None:
-            raise ValueError("an entity tokenizer needs tags, geometry or both")
-        self.dim, self.tags, self.geometry = dim, tags, geometry
-        self.fusion = EntityFusion(dim, dropout)
+        if tags is None and geometry is None and images is None:
+            raise ValueError("a tokenizer needs tags, geometry, images or some of them")
+        self.dim, self.tags, self.geometry, self.images = dim, tags, geometry, images
+        self.image_global = image_global
+        self.fusion = EntityFusion(dim, dropout) if tags is not None or geometry is not None else None
         self.conditioning = Conditioning(dim, noise)
 
     def forward(self, batch: dict, generator: torch.Generator | None = None):
-        tag = self.tags(batch["tag_ids"], batch["tag_offsets"]) if self.tags is not None else None
-        geometry = self.geometry(batch["graph"]) if self.geometry is not None else None
-        entities = self.fusion(tag, geometry, generator)                       # [N_entities, d]
         padding = batch["padding_mask"]
-        tokens = entities.new_zeros(*padding.shape, self.dim)
-        tokens = tokens.index_put((batch["entity_batch"], batch["entity_slot"]), entities)
-        conditions = self.conditioning(batch["min_box"], batch["modality"], generator)
-        return tokens + conditions, conditions, padding
+        min_box, modality = batch["min_box"], batch["modality"]
+        tokens = padding.new_zeros(*padding.shape, self.dim, dtype=min_box.dtype)
+        if self.fusion is not None:
+            tag = self.tags(batch["tag_ids"], batch["tag_offsets"]) if self.tags is not None else None
+            geometry = self.geometry(batch["graph"]) if self.geometry is not None else None
+            entities = self.fusion(tag, geometry, generator)                       # [N_entities, d]
+            tokens = tokens.to(entities.dtype).index_put((batch["entity_batch"], batch["entity_slot"]), entities)
+        else:  # images alone: the entity slots are padding
+            padding = torch.ones_like(padding)
+            modality = torch.zeros_like(modality)
+        if self.images is not None:
+            image, valid, box = image_slots(batch, self.image_global)
+            b, p = valid.shape
+            tokens = torch.cat([tokens, self.images(image).to(tokens.dtype)], dim=1)
+            padding = torch.cat([padding, ~valid], dim=1)
+            min_box = torch.cat([min_box, box.to(min_box.dtype).expand(b, p, 8)], dim=1)
+            modality = torch.cat([modality, valid.long() * IMAGE], dim=1)
+        conditions = self.conditioning(min_box, modality, generator)
+        return tokens + conditions.to(tokens.dtype), conditions, padding
+
+
+ENTITY, IMAGE = 1, 2  # modality ids (0: padding), as the loader's collate_tiles numbers them
+
+
+def image_slots(batch: dict, include_global: bool = True):
+    """``(tokens [B,P,C], valid [B,P], boxes [P,8])`` of a batch's image tokens, the
+    global token (the last) left out unless ``include_global``: it sums up the whole
+    image, so in every context it would leak what the targets hold."""
+    image, valid, box = batch["image_tokens"], batch["image_token_valid"], batch["image_token_box"]
+    if not include_global:
+        image, valid, box = image[:, :-1], valid[:, :-1], box[:-1]
+    return image, valid, box

@@ -3,7 +3,7 @@
 
 One explicit loop, I-JEPA style: batches of similar length (the loader's sampler), masks
 drawn by :class:`gjp.pretrain.masks.MaskingCollator` (seeded per batch, so the number of
-workers changes nothing), the tokenizer (:class:`gjp.models.tokenizers.EntityTokenizer`,
+workers changes nothing), the tokenizer (:class:`gjp.models.tokenizers.TileTokenizer`,
 trained along: the target encoder reads the same tokens), the model
 (:class:`gjp.models.geojepa.GeoJepa`), AdamW (β = 0.9, 0.95) with the learning rate,
 weight decay and EMA momentum of :mod:`gjp.pretrain.schedules` set at every step, clipping,
@@ -32,12 +32,15 @@ from gjp.pretrain.runs import FORMAT, FORMAT_VERSION, save_weights, write_run
 from gjp.ui import QUIET, Reporter
 
 MODALITIES = ("T", "G", "I")
+IMAGE_TOKENS = ("patches", "patches+global")
 
 
 @dataclass
 class GeoJepaTrainConfig:
     modalities: str = "T,G"
     preset: str = "tiny"
+    registers: int = 0               # register tokens of the context and target encoders
+    compile: bool = False            # torch.compile the model (CUDA)
     epochs: int = 10
     batch_size: int = 32
     lr: float = 5e-4
@@ -55,14 +58,17 @@ class GeoJepaTrainConfig:
     geometry_encoder: str = "runs/polygnn-digits"
     splits: str = "tasks/splits.csv"
     all_tiles: bool = False
+    image_backbone: str = "efficientnet_lite0"   # the frozen backbone of the I tokens
+    image_weights: str = "default"               # its weights: default (the backbone's own), imagenet, a file
+    image_tokens: str = "patches"                # patches, or patches+global (the global token sums up the image)
     mask: dict = field(default_factory=lambda: asdict(MaskConfig()))
 
     def modality_set(self) -> set[str]:
         chosen = {m.strip().upper() for m in self.modalities.split(",") if m.strip()}
         if not chosen or chosen - set(MODALITIES):
             raise GjpError(f"--modalities {self.modalities!r}: give a non-empty subset of T,G,I (e.g. T,G)")
-        if "I" in chosen:
-            raise GjpError("--modalities I: image tokens are not built yet; use T, G or T,G")
+        if self.image_tokens not in IMAGE_TOKENS:
+            raise GjpError(f"--image-tokens {self.image_tokens!r}: choose one of {', '.join(IMAGE_TOKENS)}")
         return chosen
 
 
@@ -90,26 +96,28 @@ def tile_splits(dataset: str | Path, splits: str | Path, all_tiles: bool) -> tup
     return train, val
 
 
-def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, model_config=None):
+def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_dim=None, model_config=None):
     """The tokenizer and the model of a run (weights initialised from the seed):
     ``tag_table`` [vocabulary, D] when T is on, ``geometry_encoder`` (a PolygonEncoder)
-    when G is on; ``model_config`` (a GeoJepaConfig) instead of the preset's, when a saved
-    run is rebuilt."""
+    when G is on, ``image_dim`` (the backbone's token width) when I is on; ``model_config``
+    (a GeoJepaConfig) instead of the preset's, when a saved run is rebuilt."""
     import torch
 
     from gjp.models.geojepa import GeoJepa, GeoJepaConfig
-    from gjp.models.tokenizers import EntityTokenizer, GeometryTokens, TagTokens
+    from gjp.models.tokenizers import GeometryTokens, ImageTokens, TagTokens, TileTokenizer
 
     torch.manual_seed(config.seed)
     if model_config is None:
         try:
-            model_config = GeoJepaConfig.preset(config.preset)
+            model_config = GeoJepaConfig.preset(config.preset, registers=config.registers)
         except ValueError as err:
             raise GjpError(f"--preset: {err}") from None
     modalities = config.modality_set()
     tags = TagTokens(torch.tensor(np.asarray(tag_table)), model_config.dim) if "T" in modalities else None
     geometry = GeometryTokens(geometry_encoder, model_config.dim) if "G" in modalities else None
-    tokenizer = EntityTokenizer(model_config.dim, tags, geometry, config.modality_dropout, config.position_noise)
+    images = ImageTokens(image_dim, model_config.dim) if "I" in modalities else None
+    tokenizer = TileTokenizer(model_config.dim, tags, geometry, images, config.modality_dropout,
+                              config.position_noise, image_global=config.image_tokens == "patches+global")
     return tokenizer, GeoJepa(model_config), model_config
 
 
@@ -259,15 +267,27 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
         from gjp.embedders.geometry import load_polygnn
 
         encoder, geometry_run = load_polygnn(config.geometry_encoder)
-    tokenizer, model, model_config = build_model(config, table, encoder)
+    image_file = _image_tokens(config, device, ranks, reporter) if "I" in modalities else None
+    if image_file is not None and not modalities & {"T", "G"}:  # images alone: tiles without one have no token
+        train_tiles = train_tiles[image_file.rows[train_tiles] >= 0]
+        val_tiles = val_tiles[image_file.rows[val_tiles] >= 0]
+        if not len(train_tiles):
+            raise GjpError(f"{config.dataset}: no train tile has an image")
+    tokenizer, model, model_config = build_model(config, table, encoder, image_file.dim if image_file else None)
     step_module = TileJepa(tokenizer, model).to(device)
+    if config.compile:
+        model.compile()  # in place: the state dict keeps its names
     trainer = step_module
     if ranks.active:
         from torch.nn.parallel import DistributedDataParallel
 
         trainer = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
-    collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed)
-    train_set, val_set = TileDataset(config.dataset, train_tiles), TileDataset(config.dataset, val_tiles)
+    collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed, images=image_file is not None,
+                               image_global=config.image_tokens == "patches+global",
+                               entities=bool(modalities & {"T", "G"}))
+    tokens_path = image_file.path if image_file is not None else None
+    train_set = TileDataset(config.dataset, train_tiles, image_tokens=tokens_path)
+    val_set = TileDataset(config.dataset, val_tiles, image_tokens=tokens_path)
     train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed,
                                               rank=ranks.rank, world=ranks.world)
     val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1,
@@ -285,6 +305,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
                   "geometry_config": geometry_run["model_config"] if geometry_run else None,
                   "vocabulary": int(len(table)) if table is not None else None,
                   "tag_dim": int(table.shape[1]) if table is not None else None,
+                  "image": image_file.describe() if image_file is not None else None,
                   "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
                   "processes": ranks.world, "tiles_per_step": config.batch_size * config.accumulate * ranks.world,
                   "parameters": sum(p.numel() for p in trainable), "gjp_version": __version__,
@@ -383,6 +404,21 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     shutil.rmtree(progress_dir(output), ignore_errors=True)
     ranks.barrier()
     return report
+
+
+def _image_tokens(config: GeoJepaTrainConfig, device, ranks, reporter):
+    """The dataset's cached image tokens (computed once by rank 0 when missing or stale,
+    then read by every process), as an open :class:`ImageTokenFile`."""
+    from gjp.dataset.image_tokens import ImageTokenFile, ensure_image_tokens
+
+    def ensure(reporter):
+        return ensure_image_tokens(config.dataset, config.image_backbone, config.image_weights, device=device,
+                                   reporter=reporter)
+
+    if ranks.main:
+        ensure(reporter)
+    ranks.barrier()
+    return ImageTokenFile(ensure(QUIET))
 
 
 def _peak_memory_mb(device) -> float:

@@ -177,52 +177,48 @@ def _keep_min_context(context, targets, valid, n, min_context, rng):
 
 class MaskingCollator:
     """``collate_fn`` for pretraining: :func:`gjp.dataset.loader.collate_tiles`, plus the
-    masks over the batch's token slots: its entities, then (with ``image_grid``) one slot
-    per image patch of a ``grid × grid`` map (its centre in the tile frame, y up) and, with
-    ``image_global``, one for the whole image (centre (0.5, 0.5)); image slots of a tile
-    without an image are padding. Adds ``context_mask`` [B,T], ``target_masks`` [B,K,T]
-    (torch bool), ``mask_strategy`` [B], and the batch's ``epoch`` and ``number``
-    (which seed the model's own randomness of the batch too). Seeded from (seed, the batch's epoch, its
-    number), which :class:`gjp.dataset.loader.BatchIndices` carries to every worker."""
+    masks over the batch's token slots: its entities, then, with ``images``, its image
+    tokens (patches row by row, then the global token unless ``image_global`` is off: the
+    slots :class:`gjp.models.tokenizers.TileTokenizer` makes), each placed at the centre
+    of its min box (tile frame, y up); image slots of a tile without an image, or of a
+    patch mostly without data, are padding. Adds ``context_mask`` [B,T], ``target_masks``
+    [B,K,T] (torch bool), ``mask_strategy`` [B], and the batch's ``epoch`` and ``number``
+    (which seed the model's own randomness of the batch too). Seeded from (seed, the
+    batch's epoch, its number), which :class:`gjp.dataset.loader.BatchIndices` carries to
+    every worker."""
 
     ENTITY, IMAGE = 1, 2
 
-    def __init__(self, config: MaskConfig, seed: int = 0, image_grid: int | None = None, image_global: bool = True):
+    def __init__(self, config: MaskConfig, seed: int = 0, images: bool = False, image_global: bool = True,
+                 entities: bool = True):
         config.probabilities()  # fail now, not in a worker
         self.config, self.seed = config, seed
-        self.image_grid, self.image_global = image_grid, image_global
-
-    def image_centres(self) -> np.ndarray:
-        """``[P, 2]`` centres of the image slots, patches row by row from the top, then the
-        global slot."""
-        if not self.image_grid:
-            return np.zeros((0, 2))
-        g = self.image_grid
-        r, c = np.divmod(np.arange(g * g), g)
-        centres = np.stack([(c + 0.5) / g, 1 - (r + 0.5) / g], axis=1)
-        return np.concatenate([centres, [[0.5, 0.5]]]) if self.image_global else centres
+        self.images, self.image_global, self.entities = images, image_global, entities
 
     def __call__(self, samples) -> dict:
         import torch
 
         from gjp.dataset.loader import collate_tiles
+        from gjp.models.tokenizers import image_slots
 
         epoch, number = getattr(samples, "epoch", None), getattr(samples, "number", None)
         if epoch is None or number is None:
             raise ValueError("masks need the batch's epoch and number: load with LengthGroupedBatchSampler "
                              "(or give BatchIndices)")
         batch = collate_tiles(list(samples))
-        valid = ~batch["padding_mask"].numpy()
+        valid = ~batch["padding_mask"].numpy() if self.entities else np.zeros(batch["padding_mask"].shape, bool)
         centres = batch["min_box"].numpy().reshape(*valid.shape, 4, 2).mean(axis=2)
         modality = np.where(valid, self.ENTITY, 0)
-        patches = self.image_centres()
-        if len(patches):
+        if self.images:
+            if "image_tokens" not in batch:
+                raise ValueError("image masks need a dataset loaded with its image tokens")
+            _, image_valid, box = image_slots(batch, self.image_global)
+            image_valid = image_valid.numpy()
+            patches = box.numpy().reshape(-1, 4, 2).mean(axis=1)
             b = valid.shape[0]
-            has = batch["has_image"].numpy() if "has_image" in batch else np.zeros(b, bool)
-            valid = np.concatenate([valid, np.repeat(has[:, None], len(patches), axis=1)], axis=1)
+            valid = np.concatenate([valid, image_valid], axis=1)
             centres = np.concatenate([centres, np.broadcast_to(patches, (b, *patches.shape))], axis=1)
-            modality = np.concatenate([modality, np.where(has[:, None], self.IMAGE, 0).repeat(len(patches), 1)],
-                                      axis=1)
+            modality = np.concatenate([modality, np.where(image_valid, self.IMAGE, 0)], axis=1)
         masks = draw_masks(valid, centres, modality, self.config, mask_rng(self.seed, epoch, number))
         batch.update(context_mask=torch.from_numpy(masks.context), target_masks=torch.from_numpy(masks.targets),
                      mask_strategy=torch.from_numpy(masks.strategy), epoch=epoch, number=number)
