@@ -113,6 +113,13 @@ def summarize(path: str | Path) -> tuple[str, dict]:
             return "embeddings", summarize_embeddings(path)
         if fmt == "gjp-image-tokens":
             return "image-tokens", summarize_image_tokens(path)
+        if fmt == "gjp-geometry-tokens":
+            from gjp.dataset.geometry_tokens import GeometryTokenFile
+
+            tokens = GeometryTokenFile(path)  # checks the file
+            return "geometry-tokens", {"path": str(path), "entities": tokens.entities, "dim": tokens.dim,
+                                       "encoder": tokens.attrs.get("encoder"), "dataset": tokens.attrs.get("dataset"),
+                                       "sha256": tokens.attrs.get("encoder_sha256")}
         return "dataset", summarize_dataset(path)
     if path.suffix == ".json":
         return "results", summarize_results([path], path)
@@ -147,6 +154,9 @@ def format_any(kind: str, s: dict) -> str:
         return (f"{s['path']}: image tokens of {s['backbone']} ({s['grid']}×{s['grid']} patches + 1 global, "
                 f"{s['dim']} dims) for {s['images']} of the {s['tiles']} tiles of {s['dataset']}; weights "
                 f"{s['weights'][:16]}; {s['valid_patches']:.0%} of the patch tokens valid")
+    if kind == "geometry-tokens":
+        return (f"{s['path']}: geometry tokens ({s['dim']} dims) of the {s['entities']} entities of {s['dataset']}, "
+                f"from the encoder of {s['encoder']} (model.pt sha256 {s['sha256'][:12]})")
     if kind == "run":
         from gjp.pretrain.runs import format_run
 

@@ -61,12 +61,13 @@ def test_no_test_group_tile_enters_pretraining(workspace):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"modalities": "I"}, "image tokens"),
+    ({"modalities": "T,I"}, "has no images"),
     ({"modalities": "X"}, "subset of T,G,I"),
+    ({"image_tokens": "global"}, "--image-tokens 'global'"),
     ({"tag_embeddings": "nowhere.parquet"}, "no such file"),
     ({"splits": "nowhere.csv"}, "no splits"),
     ({"geometry_encoder": "nowhere"}, "not a run directory"),
-], ids=["images", "unknown", "no-tag-embeddings", "no-splits", "no-geometry-run"])
+], ids=["images", "unknown", "image-tokens", "no-tag-embeddings", "no-splits", "no-geometry-run"])
 def test_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, overrides, message):
     cfg = config(workspace, **overrides)
     for key in ("tag_embeddings", "splits", "geometry_encoder"):
@@ -216,3 +217,43 @@ def test_torchrun_with_two_processes_makes_the_updates_of_one_process_accumulati
     b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)["model"]
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_geometry_tokens_are_cached_once_per_encoder_and_equal_the_encoder(workspace, tmp_path, run_gjp):
+    import torch
+
+    from gjp.dataset.geometry_tokens import GeometryTokenFile, ensure_geometry_tokens
+    from gjp.dataset.loader import TileDataset, collate_tiles
+    from gjp.embedders.geometry import load_polygnn
+
+    dataset = tmp_path / "dataset.h5"
+    shutil.copy(workspace / "dataset.h5", dataset)
+    path = ensure_geometry_tokens(dataset, workspace / "runs" / "polygnn")
+    assert path.parent == tmp_path and path.name.startswith("dataset.geometry-tokens.")
+    before = path.stat().st_mtime_ns
+    assert ensure_geometry_tokens(dataset, workspace / "runs" / "polygnn") == path  # fresh: reused
+    assert path.stat().st_mtime_ns == before
+    encoder, _ = load_polygnn(workspace / "runs" / "polygnn")
+    tiles = TileDataset(dataset, geometry_tokens=path)
+    batch = collate_tiles([tiles[i] for i in range(20)])
+    with torch.no_grad():
+        live = encoder(batch["graph"])
+    torch.testing.assert_close(batch["geometry_tokens"], live, rtol=1e-5, atol=1e-5)
+    code, out, _ = run_gjp(["info", path])
+    assert code == 0 and f"of the {tiles.tile_offsets[-1]} entities of dataset.h5, from the encoder of" in out
+
+    # another encoder: another cache, the first one untouched
+    other = tmp_path / "polygnn-2"
+    pretrain_polygnn(other, PolygnnTrainConfig(pretext="digits", n_per_class=2, epochs=1, seed=5), device="cpu")
+    second = ensure_geometry_tokens(dataset, other)
+    assert second != path and path.stat().st_mtime_ns == before
+    assert GeometryTokenFile(second).describe()["encoder_sha256"] != GeometryTokenFile(path).describe()["encoder_sha256"]
+
+    # a rewritten dataset: recomputed; a damaged cache: one line naming it
+    shutil.copy(workspace / "dataset.h5", tmp_path / "new.h5")  # the same tiles, written again
+    (tmp_path / "new.h5").replace(dataset)
+    assert ensure_geometry_tokens(dataset, workspace / "runs" / "polygnn") == path
+    assert path.stat().st_mtime_ns != before
+    path.write_bytes(b"not hdf5")
+    with pytest.raises(GjpError, match=f"{path.name}: damaged geometry-token cache"):
+        ensure_geometry_tokens(dataset, workspace / "runs" / "polygnn")

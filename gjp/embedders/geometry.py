@@ -34,12 +34,32 @@ def load_polygnn(run_dir: str | Path, device="cpu"):
     return encoder.freeze().to(device), config
 
 
-def polygnn_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 16, device: str = "cpu",
-                       reporter: Reporter = QUIET, **_):
-    """Batches hold the entities of ``batch_size`` consecutive tiles."""
+def entity_vectors(encoder, dataset: Path, batch_size: int = 16, device="cpu", reporter: Reporter = QUIET):
+    """Every entity of ``dataset`` through ``encoder`` (frozen, whole graphs), in entity
+    order: yields ``(rows, vectors)``, the entities of ``batch_size`` consecutive tiles at
+    a time (float32 ``[len(rows), dim]``)."""
     import torch
 
     from gjp.device import autocast
+
+    with open_dataset(dataset) as f:
+        tile_offsets = f["tiles/entity_offsets"][()]
+        graphs = EntityGraphs.checked(f, str(dataset))
+    tiles = len(tile_offsets) - 1
+    bar = reporter.progress(total=tiles, desc="geometry embeddings", unit=" tile")
+    with torch.no_grad(), autocast(device):
+        for start in range(0, tiles, batch_size):
+            end = min(start + batch_size, tiles)
+            rows = np.arange(tile_offsets[start], tile_offsets[end])
+            if len(rows):
+                yield rows, encoder(graphs.batch(rows).to(device)).float().cpu().numpy()
+            bar.update(end - start)
+    bar.close()
+
+
+def polygnn_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 16, device: str = "cpu",
+                       reporter: Reporter = QUIET, **_):
+    """Batches hold the entities of ``batch_size`` consecutive tiles."""
     from gjp.embedders.baselines import EmbedResult, pool_tiles
 
     encoder, config = load_polygnn(checkpoint, device)
@@ -47,17 +67,9 @@ def polygnn_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
         names = decode(f["tiles/name"][()])
         tile_offsets = f["tiles/entity_offsets"][()]
         osm_type, osm_id = f["entities/osm_type"][()], f["entities/osm_id"][()]
-        graphs = EntityGraphs.checked(f, str(dataset))
-    out = np.zeros((len(graphs), encoder.dim), dtype=np.float32)
-    bar = reporter.progress(total=len(names), desc="geometry embeddings", unit=" tile")
-    with torch.no_grad(), autocast(device):
-        for start in range(0, len(names), batch_size):
-            end = min(start + batch_size, len(names))
-            rows = np.arange(tile_offsets[start], tile_offsets[end])
-            if len(rows):
-                out[rows] = encoder(graphs.batch(rows).to(device)).float().cpu().numpy()
-            bar.update(end - start)
-    bar.close()
+    out = np.zeros((int(tile_offsets[-1]), encoder.dim), dtype=np.float32)
+    for rows, vectors in entity_vectors(encoder, dataset, batch_size, device, reporter):
+        out[rows] = vectors
     params = {"checkpoint": str(checkpoint), "pretext": config.get("pretext"), "preset": config.get("preset"),
               "model_config": config.get("model_config"),
               "pooling": "entity = PolygonEncoder(graph); tile = [mean, max] over entities"}

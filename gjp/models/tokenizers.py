@@ -47,10 +47,13 @@ class GeometryTokens(nn.Module):
         self.encoder = encoder.freeze() if hasattr(encoder, "freeze") else encoder.requires_grad_(False).eval()
         self.proj = nn.Sequential(nn.Linear(encoder.dim, dim), nn.LayerNorm(dim))
 
-    def forward(self, graph) -> torch.Tensor:
-        with torch.no_grad():
-            shape = self.encoder(graph)
-        return self.proj(shape)
+    def forward(self, graph, cached: torch.Tensor | None = None) -> torch.Tensor:
+        """``cached``: the encoder's outputs for these entities, computed before (the
+        encoder is frozen, so they are the same); otherwise the encoder runs on ``graph``."""
+        if cached is None:
+            with torch.no_grad():
+                cached = self.encoder(graph)
+        return self.proj(cached)
 
 
 class EntityFusion(nn.Module):
@@ -127,7 +130,8 @@ class TileTokenizer(nn.Module):
         tokens = padding.new_zeros(*padding.shape, self.dim, dtype=min_box.dtype)
         if self.fusion is not None:
             tag = self.tags(batch["tag_ids"], batch["tag_offsets"]) if self.tags is not None else None
-            geometry = self.geometry(batch["graph"]) if self.geometry is not None else None
+            geometry = self.geometry(batch.get("graph"), batch.get("geometry_tokens")) \
+                if self.geometry is not None else None
             entities = self.fusion(tag, geometry, generator)                       # [N_entities, d]
             tokens = tokens.to(entities.dtype).index_put((batch["entity_batch"], batch["entity_slot"]), entities)
         else:  # images alone: the entity slots are padding

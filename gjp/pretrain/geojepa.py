@@ -267,6 +267,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
         from gjp.embedders.geometry import load_polygnn
 
         encoder, geometry_run = load_polygnn(config.geometry_encoder)
+    geometry_file = _geometry_tokens(config, device, ranks, reporter) if "G" in modalities else None
     image_file = _image_tokens(config, device, ranks, reporter) if "I" in modalities else None
     if image_file is not None and not modalities & {"T", "G"}:  # images alone: tiles without one have no token
         train_tiles = train_tiles[image_file.rows[train_tiles] >= 0]
@@ -285,9 +286,10 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed, images=image_file is not None,
                                image_global=config.image_tokens == "patches+global",
                                entities=bool(modalities & {"T", "G"}))
-    tokens_path = image_file.path if image_file is not None else None
-    train_set = TileDataset(config.dataset, train_tiles, image_tokens=tokens_path)
-    val_set = TileDataset(config.dataset, val_tiles, image_tokens=tokens_path)
+    caches = {"image_tokens": image_file.path if image_file is not None else None,
+              "geometry_tokens": geometry_file.path if geometry_file is not None else None}
+    train_set = TileDataset(config.dataset, train_tiles, **caches)
+    val_set = TileDataset(config.dataset, val_tiles, **caches)
     train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed,
                                               rank=ranks.rank, world=ranks.world)
     val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1,
@@ -306,6 +308,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
                   "vocabulary": int(len(table)) if table is not None else None,
                   "tag_dim": int(table.shape[1]) if table is not None else None,
                   "image": image_file.describe() if image_file is not None else None,
+                  "geometry_tokens": geometry_file.describe() if geometry_file is not None else None,
                   "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
                   "processes": ranks.world, "tiles_per_step": config.batch_size * config.accumulate * ranks.world,
                   "parameters": sum(p.numel() for p in trainable), "gjp_version": __version__,
@@ -419,6 +422,20 @@ def _image_tokens(config: GeoJepaTrainConfig, device, ranks, reporter):
         ensure(reporter)
     ranks.barrier()
     return ImageTokenFile(ensure(QUIET))
+
+
+def _geometry_tokens(config: GeoJepaTrainConfig, device, ranks, reporter):
+    """The dataset's cached geometry tokens for the run's frozen encoder (computed once by
+    rank 0 when missing or stale), as an open :class:`GeometryTokenFile`."""
+    from gjp.dataset.geometry_tokens import GeometryTokenFile, ensure_geometry_tokens
+
+    def ensure(reporter):
+        return ensure_geometry_tokens(config.dataset, config.geometry_encoder, device=device, reporter=reporter)
+
+    if ranks.main:
+        ensure(reporter)
+    ranks.barrier()
+    return GeometryTokenFile(ensure(QUIET))
 
 
 def _peak_memory_mb(device) -> float:
