@@ -593,3 +593,12 @@ def open_hdf5(path: str | Path, fmt: str, version: int, what: str, made_by: str)
         f.close()
         raise
     return f
+
+
+def hdf5_attr(f, key):
+    """An HDF5 attribute as a plain Python value (bytes decoded, numpy scalars unwrapped);
+    ``None`` when absent."""
+    value = f.attrs.get(key)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value.item() if hasattr(value, "item") and getattr(value, "shape", None) == () else value

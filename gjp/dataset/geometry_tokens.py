@@ -24,7 +24,7 @@ from gjp import __version__
 from gjp.dataset.format import decode, open_dataset
 from gjp.dataset.image_tokens import dataset_fingerprint
 from gjp.errors import GjpError
-from gjp.io import check_pending, hdf5_output
+from gjp.io import check_pending, hdf5_attr, hdf5_output
 from gjp.ui import QUIET, Reporter
 
 FORMAT = "gjp-geometry-tokens"
@@ -101,11 +101,11 @@ class GeometryTokenFile:
         self.path = str(path)
         try:
             with h5py.File(path, "r") as f:
-                fmt = _attr(f, "format")
+                fmt = hdf5_attr(f, "format")
                 if fmt != FORMAT:
                     raise GjpError(f"{path}: not a gjp geometry-token cache (format {fmt!r}); move it away, it is "
                                    "where the dataset's geometry tokens go")
-                self.attrs = {k: _attr(f, k) for k in f.attrs}
+                self.attrs = {k: hdf5_attr(f, k) for k in f.attrs}
                 vectors = f.get("vectors")
                 if not isinstance(vectors, h5py.Dataset) or vectors.ndim != 2 \
                         or vectors.shape[1] != self.attrs.get("dim"):
@@ -136,12 +136,3 @@ class GeometryTokenFile:
             self._file = h5py.File(self.path, "r")
             self._pid = os.getpid()
         return self._file["vectors"][start:stop]
-
-
-def _attr(f, key):
-    value = f.attrs.get(key)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

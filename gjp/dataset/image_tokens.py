@@ -22,7 +22,7 @@ import numpy as np
 from gjp import __version__
 from gjp.dataset.format import decode, open_dataset
 from gjp.errors import GjpError
-from gjp.io import check_pending, hdf5_output
+from gjp.io import check_pending, hdf5_attr, hdf5_output
 from gjp.ui import QUIET, Reporter
 
 FORMAT = "gjp-image-tokens"
@@ -134,23 +134,14 @@ def _is_fresh(path: Path, want: dict, n_tiles: int, n_images: int) -> bool:
             if fmt != FORMAT:
                 raise GjpError(f"{path}: not a gjp image-token cache (format {fmt!r}); move it away, "
                                "it is where the dataset's image tokens go")
-            if _attr(f, "format_version") != FORMAT_VERSION:
+            if hdf5_attr(f, "format_version") != FORMAT_VERSION:
                 return False
-            if any(_attr(f, key) != value for key, value in want.items()):
+            if any(hdf5_attr(f, key) != value for key, value in want.items()):
                 return False
             _check(f, path, n_tiles, n_images, int(want["grid"]) ** 2 + 1, int(want["dim"]))
     except OSError as err:
         raise _damaged(path, err) from None
     return True
-
-
-def _attr(f, key):
-    value = f.attrs.get(key)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _damaged(path: Path, reason) -> GjpError:
@@ -249,17 +240,17 @@ class ImageTokenFile:
             raise GjpError(f"{path}: no such image-token cache (make it with ensure_image_tokens)")
         try:
             with h5py.File(path, "r") as f:
-                fmt, version = _attr(f, "format"), _attr(f, "format_version")
+                fmt, version = hdf5_attr(f, "format"), hdf5_attr(f, "format_version")
                 if fmt != FORMAT:
                     raise GjpError(f"{path}: not a gjp image-token cache (format {fmt!r})")
                 if version != FORMAT_VERSION:
                     raise GjpError(f"{path}: image-token cache version {version}, this gjp reads {FORMAT_VERSION}; "
                                    "delete it and run again to recompute it")
-                grid, dim = int(_attr(f, "grid")), int(_attr(f, "dim"))
+                grid, dim = int(hdf5_attr(f, "grid")), int(hdf5_attr(f, "dim"))
                 rows = _check(f, path, None, None, grid * grid + 1, dim)
-                header = _Header(rows.astype(np.int64), f["boxes"][()].astype(np.float32), str(_attr(f, "backbone")),
-                                 grid, dim, str(_attr(f, "dataset_tiles_sha256")), str(_attr(f, "weights_source")),
-                                 str(_attr(f, "weights")))
+                header = _Header(rows.astype(np.int64), f["boxes"][()].astype(np.float32), str(hdf5_attr(f, "backbone")),
+                                 grid, dim, str(hdf5_attr(f, "dataset_tiles_sha256")), str(hdf5_attr(f, "weights_source")),
+                                 str(hdf5_attr(f, "weights")))
         except (OSError, TypeError, ValueError) as err:
             raise _damaged(path, err) from None
         self.rows, self.boxes, self.backbone = header.rows, header.boxes, header.backbone
