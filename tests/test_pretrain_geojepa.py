@@ -257,3 +257,18 @@ def test_geometry_tokens_are_cached_once_per_encoder_and_equal_the_encoder(works
     path.write_bytes(b"not hdf5")
     with pytest.raises(GjpError, match=f"{path.name}: damaged geometry-token cache"):
         ensure_geometry_tokens(dataset, workspace / "runs" / "polygnn")
+
+
+def test_loader_workers_change_nothing_and_registers_are_an_option(workspace, tmp_path):
+    import torch
+
+    cfg = config(workspace, epochs=1, registers=2)
+    pretrain_geojepa(tmp_path / "alone", cfg, device="cpu")
+    pretrain_geojepa(tmp_path / "shared", cfg, device="cpu", workers=2)
+    alone, shared = ([json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+                     for name in ("alone", "shared"))
+    assert [r["loss"] for r in alone] == [r["loss"] for r in shared]
+    a = torch.load(tmp_path / "alone" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "shared" / "checkpoint.pt", weights_only=True)["model"]
+    assert a["context_encoder.registers"].shape == (1, 2, 64)
+    assert all(torch.equal(a[k], b[k]) for k in a)
