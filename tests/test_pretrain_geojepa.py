@@ -45,6 +45,9 @@ def test_a_tiny_geojepa_learns_and_reports_validation(workspace, tmp_path):
     assert all(r["target_std"] > 0 and r["context_tokens"] > 0 and r["target_tokens"] > 0 for r in rows)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl",
                                                                   "report.html", "summary.json"]
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert len(data["tag_embeddings_sha256"]) == len(data["geometry_encoder_sha256"]) == 64
+    assert data["dataset"]["dataset_size"] == (workspace / "dataset.h5").stat().st_size
     page = (tmp_path / "run" / "report.html").read_text()
     assert page.count("<svg") >= 10 and "val_loss" in page and "target_rank" in page
 

@@ -307,6 +307,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
                   "geometry_config": geometry_run["model_config"] if geometry_run else None,
                   "vocabulary": int(len(table)) if table is not None else None,
                   "tag_dim": int(table.shape[1]) if table is not None else None,
+                  "data": _provenance(config, modalities),
                   "image": image_file.describe() if image_file is not None else None,
                   "geometry_tokens": geometry_file.describe() if geometry_file is not None else None,
                   "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
@@ -422,6 +423,22 @@ def _image_tokens(config: GeoJepaTrainConfig, device, ranks, reporter):
         ensure(reporter)
     ranks.barrier()
     return ImageTokenFile(ensure(QUIET))
+
+
+def _provenance(config: GeoJepaTrainConfig, modalities: set[str]) -> dict:
+    """What the run was trained on, beyond the paths in ``train``: the dataset's
+    fingerprint, the sha256 of the tag embeddings and of the geometry encoder's weights."""
+    import hashlib
+
+    from gjp.dataset.geometry_tokens import encoder_sha256
+    from gjp.dataset.image_tokens import dataset_fingerprint
+
+    data = {"dataset": dataset_fingerprint(config.dataset)}
+    if "T" in modalities:
+        data["tag_embeddings_sha256"] = hashlib.sha256(Path(config.tag_embeddings).read_bytes()).hexdigest()
+    if "G" in modalities:
+        data["geometry_encoder_sha256"] = encoder_sha256(config.geometry_encoder)
+    return data
 
 
 def _geometry_tokens(config: GeoJepaTrainConfig, device, ranks, reporter):
