@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole gjp pipeline on OSM extracts, in a fresh workspace: the OSM steps, the
-# training dataset, the tag embeddings, the five masked downstream tasks with the TagCount
-# and TagPool baselines probed on each, the score table, retrieval by category, a kNN
-# gallery, and the geometry encoder: pretrained on the dataset's own shapes, then a
+# training dataset, the tag embeddings, the geometry encoder (pretrained on the dataset's
+# own shapes), the five masked downstream tasks, a tiny GeoJEPA (tags and geometry)
+# pretrained on their train groups, the TagCount and TagPool baselines and the GeoJEPA
+# probed on each task, the score table, retrieval by category, a kNN gallery, and a
 # gallery of the entities shaped most like a building.
 #   usage: examples/pipeline.sh WORKSPACE EXTRACT.osm.pbf [EXTRACT…]
 #   DESCRIPTIONS=tags.csv examples/pipeline.sh …   embeds 'key=value: description'
@@ -15,8 +16,8 @@ for f in "$@"; do extracts+=("$(realpath "$f")"); done
 descriptions=${DESCRIPTIONS:+$(realpath "$DESCRIPTIONS")}
 mkdir -p "$workspace"
 cd "$workspace"
-rm -rf tiles simplified boxed graphs dataset.h5 tasks tag-embeddings.parquet embeddings results gallery.html \
-       runs shapes-gallery.html
+rm -rf tiles simplified boxed graphs dataset.h5 dataset.geometry-tokens.*.h5 tasks tag-embeddings.parquet embeddings \
+       results gallery.html runs shapes-gallery.html
 
 gjp tile "${extracts[@]}" -o tiles/
 gjp -q simplify
@@ -25,17 +26,35 @@ gjp -q visibility
 gjp info graphs/
 gjp -q pack-h5
 gjp -q embed-tags ${descriptions:+--descriptions "$descriptions"}
-for task in traffic_signals bridge car_bridge building_count max_speed; do
+
+# The geometry encoder (a tiny one: seconds on 2 cores), trained on the dataset's own
+# entity graphs to predict their kind and shape descriptors. It comes before the tasks
+# because GeoJEPA's geometry tokens go through it.
+gjp -q pretrain --model polygnn --pretext osm --epochs 4 --max-entities 6000 -o runs/polygnn-osm
+gjp info runs/polygnn-osm
+
+tasks=(traffic_signals bridge car_bridge building_count max_speed)
+for task in "${tasks[@]}"; do
     gjp -q mktask "$task" --masked
     gjp info "tasks/$task-masked"
-    for model in tagcount tagpool; do
+done
+# GeoJEPA pretrains on the train groups of tasks/splits.csv, which the tasks share, so its
+# probes never see a test tile. A tiny model for 8 epochs (about a minute on 2 cores):
+# enough to put it in the table beside the baselines, far from the thesis's model.
+gjp -q pretrain --modalities T,G --preset tiny --geometry-encoder runs/polygnn-osm --epochs 8 \
+    -o runs/geojepa-TG
+gjp info runs/geojepa-TG
+# Every model embeds what each task lets it see (the masked inputs) and gets the same head.
+models=(tagcount tagpool runs/geojepa-TG)
+for task in "${tasks[@]}"; do
+    for model in "${models[@]}"; do
         gjp -q embed --model "$model" --task "tasks/$task-masked"
-        gjp -q probe -e "embeddings/${model}__$task-masked.h5" --task "tasks/$task-masked" --head mlp
+        gjp -q probe -e "embeddings/${model##*/}__$task-masked.h5" --task "tasks/$task-masked" --head mlp
     done
 done
-for model in tagcount tagpool; do
+for model in "${models[@]}"; do
     gjp -q embed --model "$model"
-    gjp knn -e "embeddings/$model.h5" --eval > /dev/null
+    gjp knn -e "embeddings/${model##*/}.h5" --eval > /dev/null
 done
 echo
 gjp score
@@ -44,11 +63,8 @@ query=$(gjp knn --list | sed -n '1~97p' | head -1)
 gjp knn --query "$query" -k 8 --html gallery.html
 echo "gallery: $workspace/gallery.html"
 
-# The geometry encoder (a tiny one: about half a minute on 2 cores), trained on the
-# dataset's own entity graphs to predict their kind and shape descriptors, then every
-# entity embedded; the first building's nearest shapes, drawn.
-gjp -q pretrain --model polygnn --pretext osm --epochs 4 --max-entities 6000 -o runs/polygnn-osm
-gjp info runs/polygnn-osm
+# Every entity through the geometry encoder on its own; the first building's nearest
+# shapes, drawn.
 gjp -q embed --model polygnn --checkpoint runs/polygnn-osm
 building=$(python -c '
 import numpy as np
