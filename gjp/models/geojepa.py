@@ -110,8 +110,8 @@ class GeoJepa(nn.Module):
         regulariser = pred_var + pred_cov + ctx_var + ctx_cov
         loss = loss_prediction + self.config.vicreg_beta * regulariser
         return {"loss": loss, "prediction": loss_prediction.detach(), "variance": (pred_var + ctx_var).detach(),
-                "covariance": (pred_cov + ctx_cov).detach(), "target_tokens": int(real_targets.sum()),
-                "context_tokens": int(context_mask.sum()), "targets": targets}
+                "covariance": (pred_cov + ctx_cov).detach(), "target_tokens": real_targets.sum(),
+                "context_tokens": context_mask.sum(), "targets": targets}  # counts stay tensors: no sync, no graph break
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

@@ -355,7 +355,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
                 (out["loss"].float() / in_step).backward()
             targets = out["targets"][~out["padding"]].detach().float()
             parts.append([float(out["loss"].detach()), float(out["prediction"]), float(out["variance"]),
-                          float(out["covariance"]), out["context_tokens"], out["target_tokens"],
+                          float(out["covariance"]), int(out["context_tokens"]), int(out["target_tokens"]),
                           float(targets.std(dim=0).mean()) if len(targets) > 1 else 0.0, len(batch["names"])])
             if not last:
                 continue
@@ -484,7 +484,7 @@ def _validation_loss(step_module, dataset, sampler, collator, epoch, device, ran
     with torch.no_grad():
         for batch in loader:
             out = step_module(to_device(batch, device))
-            total += float(out["prediction"]) * out["target_tokens"]
-            weight += out["target_tokens"]
+            total += float(out["prediction"]) * int(out["target_tokens"])
+            weight += int(out["target_tokens"])
     total, weight = ranks.sum([total, weight], device)
     return total / weight if weight else float("nan")
