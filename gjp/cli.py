@@ -19,7 +19,7 @@ from gjp import __version__
 from gjp.errors import GjpError
 
 #: The pipeline, in order; ``gjp --help`` lists the implemented steps in this order.
-PIPELINE = ("fetch", "tile", "simplify", "bbox", "visibility", "pack-h5", "mktask", "embed-tags",
+PIPELINE = ("fetch", "tile", "merge", "simplify", "bbox", "visibility", "pack-h5", "mktask", "embed-tags",
             "pretrain", "embed", "probe", "knn", "score", "info")
 
 
@@ -82,6 +82,13 @@ def common(fn):
 def workers_option(fn):
     return click.option("--workers", type=click.IntRange(min=1), default=None,
                         help="Processes to use (default: all cores). Outputs do not depend on it.")(fn)
+
+
+def scheduler_option(fn):
+    return click.option("--scheduler", metavar="ADDRESS", envvar="DASK_SCHEDULER_ADDRESS", default=None,
+                        help="Run the per-file work on this Dask scheduler (tcp://host:8786) instead of "
+                             "--workers [default: $DASK_SCHEDULER_ADDRESS]; see docs/CLUSTER.md. "
+                             "Outputs do not depend on it.")(fn)
 
 
 @click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -212,9 +219,10 @@ def fetch_naip_cmd(bbox, tiles_dir, output, stac_url, year, since, max_items, no
 @click.option("--resampling", type=click.Choice(["average", "bilinear", "cubic", "lanczos", "nearest"]),
               default="average", show_default=True, help="Rasters: how pixels are warped onto the tile grid.")
 @workers_option
+@scheduler_option
 @common
 def tile_cmd(inputs, output, zoom, min_entities, max_entities, node_index, tag_filter_file, drop_tag,
-             keep_tag, size, bands, min_coverage, resampling, workers, overwrite, quiet):
+             keep_tag, size, bands, min_coverage, resampling, workers, scheduler, overwrite, quiet):
     """Cut OSM extracts or aerial rasters into z16 tiles.
 
     INPUTS are OSM files (.osm.pbf, .osm, .osm.bz2) or rasters (GeoTIFF/COG in any CRS,
@@ -244,7 +252,7 @@ def tile_cmd(inputs, output, zoom, min_entities, max_entities, node_index, tag_f
         tag_filter = TagFilter.from_options(tag_filter_file, drop_tag, keep_tag)
         report = tile_osm(files, output, zoom=zoom, tag_filter=tag_filter, min_entities=min_entities,
                           max_entities=max_entities, node_index=node_index, workers=_workers(workers),
-                          overwrite=overwrite, reporter=reporter)
+                          scheduler=scheduler, overwrite=overwrite, reporter=reporter)
     else:
         from gjp.imagery.chips import import_chips, tile_rasters
 
@@ -254,7 +262,8 @@ def tile_cmd(inputs, output, zoom, min_entities, max_entities, node_index, tag_f
         else:
             report = tile_rasters(files, output, zoom=zoom, size=size, bands=_bands(bands),
                                   min_coverage=min_coverage, resampling=resampling,
-                                  workers=_workers(workers), overwrite=overwrite, reporter=reporter)
+                                  workers=_workers(workers), scheduler=scheduler, overwrite=overwrite,
+                                  reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
 
@@ -266,13 +275,49 @@ def _bands(text: str) -> tuple[int, ...]:
         raise GjpError(f"--bands {text!r}: expected band numbers like 1,2,3") from None
 
 
+@cli.command("merge")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("tiles"), show_default=True)
+@click.option("--min-entities", type=click.IntRange(min=0), default=None,
+              help="Drop merged tiles with fewer entities [default: the inputs' setting; not below it].")
+@click.option("--max-entities", type=click.IntRange(min=1), default=None,
+              help="Drop merged tiles with more entities [default: the inputs' setting; not above it].")
+@workers_option
+@common
+def merge_cmd(inputs, output, min_entities, max_entities, workers, overwrite, quiet):
+    """Merge the tile directories of overlapping regional extracts into one.
+
+    INPUTS are directories written by `gjp tile` (or `gjp merge`) with one zoom and one
+    set of tiling parameters, e.g. one per regional extract, each tiled on its own
+    machine. Every group file of any input is merged: one row per (tile, entity), and
+    where regions hold different copies of an entity (a relation cut by a region's
+    border) the most complete one is kept. The output does not depend on the order of
+    INPUTS. For tiles on region borders to be exact, tile the regions without entity
+    limits and give the limits here.
+
+    \b
+    Example:
+      gjp tile north.osm.pbf -o tiles-north/ --min-entities 0 --max-entities 1000000
+      gjp tile south.osm.pbf -o tiles-south/ --min-entities 0 --max-entities 1000000
+      gjp merge tiles-north/ tiles-south/ -o tiles/ --min-entities 5 --max-entities 1250
+    """
+    from gjp.osm.merge import merge_tiles
+
+    reporter = _reporter(quiet)
+    report = merge_tiles(list(inputs), output, min_entities=min_entities, max_entities=max_entities,
+                         workers=_workers(workers), overwrite=overwrite, reporter=reporter)
+    reporter.info(report.summary())
+    click.echo(str(output))
+
+
 @cli.command("simplify")
 @click.option("-i", "--input", "input_dir", type=click.Path(path_type=Path), default=Path("tiles"), show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("simplified"), show_default=True)
 @click.option("--tolerance", type=FiniteFloat(0), default=0.3, show_default=True, help="Douglas–Peucker tolerance in metres.")
 @workers_option
+@scheduler_option
 @common
-def simplify_cmd(input_dir, output, tolerance, workers, overwrite, quiet):
+def simplify_cmd(input_dir, output, tolerance, workers, scheduler, overwrite, quiet):
     """Add `local`: each geometry in its tile's frame, simplified.
 
     The frame is x east, y north, origin at the tile's south-west corner, 1.0 = the
@@ -286,7 +331,7 @@ def simplify_cmd(input_dir, output, tolerance, workers, overwrite, quiet):
     from gjp.geometry.simplify import simplify
 
     reporter = _reporter(quiet)
-    report = simplify(input_dir, output, tolerance_m=tolerance, workers=_workers(workers),
+    report = simplify(input_dir, output, tolerance_m=tolerance, workers=_workers(workers), scheduler=scheduler,
                       overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
@@ -298,8 +343,9 @@ def simplify_cmd(input_dir, output, tolerance, workers, overwrite, quiet):
 @click.option("--min-side", type=FiniteFloat(0, low_open=True), default=1.5, show_default=True, help="Smallest box side in metres.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the point boxes' rotations.")
 @workers_option
+@scheduler_option
 @common
-def bbox_cmd(input_dir, output, min_side, seed, workers, overwrite, quiet):
+def bbox_cmd(input_dir, output, min_side, seed, workers, scheduler, overwrite, quiet):
     """Add each entity's minimum-area rotated rectangle (its min box).
 
     Exact rotating calipers over the convex hull; sides are at least --min-side metres;
@@ -314,7 +360,7 @@ def bbox_cmd(input_dir, output, min_side, seed, workers, overwrite, quiet):
 
     reporter = _reporter(quiet)
     report = bbox(input_dir, output, min_side_m=min_side, seed=seed, workers=_workers(workers),
-                  overwrite=overwrite, reporter=reporter)
+                  scheduler=scheduler, overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
 
@@ -325,8 +371,9 @@ def bbox_cmd(input_dir, output, min_side, seed, workers, overwrite, quiet):
 @click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True,
               help="Visible partners kept per vertex.")
 @workers_option
+@scheduler_option
 @common
-def visibility_cmd(input_dir, output, k, workers, overwrite, quiet):
+def visibility_cmd(input_dir, output, k, workers, scheduler, overwrite, quiet):
     """Add each entity's graph: vertices, geometry edges and visibility edges.
 
     For entities of two or more parts (polygons, holes, line pieces, relation members),
@@ -340,8 +387,8 @@ def visibility_cmd(input_dir, output, k, workers, overwrite, quiet):
     from gjp.geometry.visibility import visibility
 
     reporter = _reporter(quiet)
-    report = visibility(input_dir, output, k=k, workers=_workers(workers), overwrite=overwrite,
-                        reporter=reporter)
+    report = visibility(input_dir, output, k=k, workers=_workers(workers), scheduler=scheduler,
+                        overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
 

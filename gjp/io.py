@@ -33,8 +33,8 @@ from gjp.errors import GjpError
 
 #: Options that change how fast or how loudly a step runs, never what it writes; left out
 #: of the recorded command so that outputs are byte-identical whatever they are.
-_UNRECORDED_OPTIONS = {"--workers": True, "-q": False, "--quiet": False, "--overwrite": False,
-                       "--debug": False}
+_UNRECORDED_OPTIONS = {"--workers": True, "--scheduler": True, "-q": False, "--quiet": False,
+                       "--overwrite": False, "--debug": False}
 
 
 class Interrupted(BaseException):
@@ -49,7 +49,7 @@ class Interrupted(BaseException):
 
 def command_line() -> str:
     """The command that is running, as a user would retype it, without the options that do
-    not change outputs (``--workers``, ``-q``, ``--overwrite``)."""
+    not change outputs (``--workers``, ``--scheduler``, ``-q``, ``--overwrite``)."""
     argv = list(sys.argv)
     if not argv:
         return ""

@@ -14,7 +14,7 @@ import pyarrow as pa
 from gjp.errors import GjpError
 from gjp.geoparquet import list_group_files, read_group_file, write_group_file
 from gjp.io import atomic_directory, provenance
-from gjp.parallel import map_jobs
+from gjp.parallel import executor
 from gjp.ui import QUIET, Reporter
 
 #: ``transform(table, zoom, **params) -> table`` with the step's columns added.
@@ -32,22 +32,28 @@ class StageReport:
 
 
 def run_stage(step: str, transform: Transform, input_dir: str | Path, output_dir: str | Path, *,
-              require: tuple[str, ...], params: dict, workers: int = 1, overwrite: bool = False,
-              reporter: Reporter = QUIET) -> StageReport:
+              require: tuple[str, ...], params: dict, workers: int = 1, scheduler: str | None = None,
+              overwrite: bool = False, reporter: Reporter = QUIET) -> StageReport:
+    """``transform`` over every group file of ``input_dir`` on ``workers`` threads, or on
+    the Dask cluster at ``scheduler`` (:func:`gjp.parallel.executor`)."""
     files = list_group_files(input_dir)
     # Each file is checked as it is read; a bad one fails the step and, the output being
     # staged, leaves nothing behind.
     report = StageReport(step=step, files=len(files))
-    with atomic_directory(output_dir, overwrite) as staging:
-        jobs = [(step, transform, path, staging / path.name, require, params) for path in files]
+    # the step's record is made here, not in the jobs: a job may run on another machine,
+    # whose command line is not this one
+    record = provenance(step, params)
+    with executor(workers, scheduler) as pool, atomic_directory(output_dir, overwrite) as staging:
+        jobs = [(step, record, transform, pool.path(path), pool.path(staging / path.name), require, params)
+                for path in files]
         bar = reporter.progress(total=len(jobs), desc=step, unit=" file")
-        report.rows = sum(map_jobs(_run_one, jobs, workers, bar))
+        report.rows = sum(pool.map(_run_one, jobs, bar))
         bar.close()
     return report
 
 
 def _run_one(job) -> int:
-    step, transform, src, dst, require, params = job
+    step, record, transform, src, dst, require, params = job
     table, meta = read_group_file(src, require)
     zoom = int(meta["zoom"])
     try:
@@ -56,7 +62,7 @@ def _run_one(job) -> int:
         raise GjpError(f"{src}: {err}") from None
     assert out.num_rows == table.num_rows, f"{step} must keep every row"
     meta = dict(meta)
-    meta["steps"] = [*meta.get("steps", []), provenance(step, params)]
+    meta["steps"] = [*meta.get("steps", []), record]
     write_group_file(out, dst, meta)
     return out.num_rows
 

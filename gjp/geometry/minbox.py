@@ -204,10 +204,12 @@ def bbox_table(table: pa.Table, zoom: int, min_side_m: float = DEFAULT_MIN_SIDE_
 
 
 def bbox(input_dir="simplified", output_dir="boxed", *, min_side_m: float = DEFAULT_MIN_SIDE_M,
-         seed: int = 0, workers: int = 1, overwrite: bool = False, reporter: Reporter = QUIET) -> StageReport:
-    """``gjp bbox``: add the min-box columns to every group file of ``input_dir``."""
+         seed: int = 0, workers: int = 1, scheduler: str | None = None, overwrite: bool = False,
+         reporter: Reporter = QUIET) -> StageReport:
+    """``gjp bbox``: add the min-box columns to every group file of ``input_dir`` (on
+    ``workers`` threads, or on the Dask cluster at ``scheduler``)."""
     if min_side_m <= 0:
         raise GjpError(f"--min-side must be > 0 metres, got {min_side_m}")
     return run_stage("bbox", bbox_table, input_dir, output_dir, require=("tile", "osm_type", "osm_id", "local"),
-                     params={"min_side_m": min_side_m, "seed": seed}, workers=workers,
+                     params={"min_side_m": min_side_m, "seed": seed}, workers=workers, scheduler=scheduler,
                      overwrite=overwrite, reporter=reporter)

@@ -327,10 +327,12 @@ def simplify_table(table: pa.Table, zoom: int, tolerance_m: float = DEFAULT_TOLE
 
 
 def simplify(input_dir="tiles", output_dir="simplified", *, tolerance_m: float = DEFAULT_TOLERANCE_M,
-             workers: int = 1, overwrite: bool = False, reporter: Reporter = QUIET) -> StageReport:
-    """``gjp simplify``: add ``local`` to every group file of ``input_dir``."""
+             workers: int = 1, scheduler: str | None = None, overwrite: bool = False,
+             reporter: Reporter = QUIET) -> StageReport:
+    """``gjp simplify``: add ``local`` to every group file of ``input_dir`` (on ``workers``
+    threads, or on the Dask cluster at ``scheduler``)."""
     if tolerance_m < 0:
         raise GjpError(f"--tolerance must be ≥ 0 metres, got {tolerance_m}")
     return run_stage("simplify", simplify_table, input_dir, output_dir, require=("tile", "geometry"),
-                     params={"tolerance_m": tolerance_m}, workers=workers, overwrite=overwrite,
-                     reporter=reporter)
+                     params={"tolerance_m": tolerance_m}, workers=workers, scheduler=scheduler,
+                     overwrite=overwrite, reporter=reporter)

@@ -318,10 +318,13 @@ def visibility_table(table: pa.Table, zoom: int, k: int = DEFAULT_K, eps: float 
 
 
 def visibility(input_dir="boxed", output_dir="graphs", *, k: int = DEFAULT_K, eps: float = DEFAULT_EPS,
-               workers: int = 1, overwrite: bool = False, reporter: Reporter = QUIET) -> StageReport:
-    """``gjp visibility``: add each entity's graph to every group file of ``input_dir``."""
+               workers: int = 1, scheduler: str | None = None, overwrite: bool = False,
+               reporter: Reporter = QUIET) -> StageReport:
+    """``gjp visibility``: add each entity's graph to every group file of ``input_dir`` (on
+    ``workers`` threads, or on the Dask cluster at ``scheduler``)."""
     if k < 1:
         raise GjpError(f"--k must be at least 1, got {k}")
     # the min box comes first in the pipeline, so a graphs/ directory always has it
     return run_stage("visibility", visibility_table, input_dir, output_dir, require=("local", "min_box"),
-                     params={"k": k, "eps": eps}, workers=workers, overwrite=overwrite, reporter=reporter)
+                     params={"k": k, "eps": eps}, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                     reporter=reporter)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
 
@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from gjp import grid
 from gjp.errors import GjpError
 from gjp.io import atomic_directory, check_format, json_metadata, parquet_schema, provenance
-from gjp.parallel import map_jobs
+from gjp.parallel import executor
 from gjp.sniff import IMAGE_KINDS, sniff
 from gjp.ui import QUIET, Reporter
 
@@ -221,9 +221,10 @@ def _gdal_reason(err: BaseException) -> str:
 
 def tile_rasters(inputs: list[Path], output_dir: str | Path = "images", *, zoom: int = grid.DEFAULT_ZOOM,
                  size: int = DEFAULT_SIZE, bands: tuple[int, ...] = (1, 2, 3), min_coverage: float = 0.0,
-                 resampling: str = "average", workers: int = 1, overwrite: bool = False,
-                 reporter: Reporter = QUIET) -> ChipReport:
-    """Cut rasters into chips (see the module doc)."""
+                 resampling: str = "average", workers: int = 1, scheduler: str | None = None,
+                 overwrite: bool = False, reporter: Reporter = QUIET) -> ChipReport:
+    """Cut rasters into chips (see the module doc): one job per tile, on ``workers``
+    threads or on the Dask cluster at ``scheduler``."""
     if len(bands) != 3 or min(bands) < 1:
         raise GjpError(f"--bands must name 3 bands (1-based), got {','.join(map(str, bands))}")
     if resampling not in RESAMPLINGS:
@@ -238,12 +239,13 @@ def tile_rasters(inputs: list[Path], output_dir: str | Path = "images", *, zoom:
     report = ChipReport(inputs=len(rasters))
     params = {"zoom": zoom, "size": size, "bands": list(bands), "min_coverage": min_coverage,
               "resampling": resampling, "inputs": [str(r.path) for r in rasters]}
-    with atomic_directory(output_dir, overwrite) as staging:
-        jobs = [(xy, by_tile[xy], zoom, size, bands, resampling, min_coverage, staging)
-                for xy in sorted(by_tile, key=lambda t: (t[1], t[0]))]
+    with executor(workers, scheduler) as pool, atomic_directory(output_dir, overwrite) as staging:
+        seen = {r.path: replace(r, path=pool.path(r.path)) for r in rasters}
+        jobs = [(xy, [seen[r.path] for r in by_tile[xy]], zoom, size, bands, resampling, min_coverage,
+                 pool.path(staging)) for xy in sorted(by_tile, key=lambda t: (t[1], t[0]))]
         bar = reporter.progress(total=len(jobs), desc="chips", unit=" tile")
         rows = []
-        for row, touched in map_jobs(_chip_job, jobs, workers, bar):
+        for row, touched in pool.map(_chip_job, jobs, bar):
             report.tiles_covered += touched
             if row is not None:
                 rows.append(row)

@@ -31,7 +31,7 @@ from gjp.geoparquet import BASE_SCHEMA, BBOX_FIELDS, FORMAT, FORMAT_VERSION, wri
 from gjp.io import atomic_directory, provenance
 from gjp.kinds import COLLECTION, KINDS, OSM_TYPES
 from gjp.osm.reader import NODE_INDEX_TYPES, Entities, ReadReport, read_osm
-from gjp.parallel import map_jobs
+from gjp.parallel import executor
 from gjp.sniff import OSM_FORMATS, sniff
 from gjp.tagfilter import TagFilter
 from gjp.ui import QUIET, Reporter
@@ -111,9 +111,13 @@ def check_node_index(node_index: str) -> None:
 
 def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = grid.DEFAULT_ZOOM,
              tag_filter: TagFilter | None = None, min_entities: int = 5, max_entities: int = 1250,
-             node_index: str = "flex_mem", workers: int = 1, overwrite: bool = False,
-             reporter: Reporter = QUIET) -> TileReport:
-    """Tile OSM files into ``output_dir/14_X_Y.parquet`` group files (see module doc)."""
+             node_index: str = "flex_mem", workers: int = 1, scheduler: str | None = None,
+             overwrite: bool = False, reporter: Reporter = QUIET) -> TileReport:
+    """Tile OSM files into ``output_dir/14_X_Y.parquet`` group files (see module doc).
+
+    The inputs are read here, one after the other; the buckets are finished on ``workers``
+    threads, or on the Dask cluster at ``scheduler`` (which must then see the output's
+    directory under the same path: the spill files are staged beside the output)."""
     if not 2 <= zoom <= 24:
         raise GjpError(f"--zoom must be between 2 and 24, got {zoom}")
     check_node_index(node_index)
@@ -129,7 +133,7 @@ def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = gr
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "zoom": zoom,
             "steps": [provenance("tile", params)]}
 
-    with atomic_directory(output_dir, overwrite) as staging:
+    with executor(workers, scheduler) as pool, atomic_directory(output_dir, overwrite) as staging:
         spill_dir = staging / ".spill"
         spill_dir.mkdir()
         writers: dict[int, pq.ParquetWriter] = {}
@@ -148,10 +152,10 @@ def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = gr
             for w in writers.values():
                 w.close()
         buckets = sorted(writers)
-        jobs = [(spill_dir / f"{b}.parquet", staging, zoom, min_entities, max_entities, meta)
-                for b in buckets]
+        jobs = [(pool.path(spill_dir / f"{b}.parquet"), pool.path(staging), zoom, min_entities, max_entities,
+                 meta) for b in buckets]
         bar = reporter.progress(total=len(jobs), desc="writing groups", unit=" bucket")
-        results = list(map_jobs(_finish_bucket, jobs, workers, bar))
+        results = list(pool.map(_finish_bucket, jobs, bar))
         bar.close()
         for counts in results:
             for key, value in counts.items():
