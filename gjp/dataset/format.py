@@ -174,6 +174,14 @@ def check_dataset(f, path: str | Path) -> None:
             raise GjpError(f"{path}: damaged dataset: images/pixels has shape {shape} for {n['tiles']} tiles")
 
 
+def companion_path(dataset: str | Path, kind: str) -> Path:
+    """Where a cache derived from ``dataset`` lives, beside it: ``dir/dataset.h5`` →
+    ``dir/dataset.<kind>.h5`` (the frozen encoders' token caches)."""
+    dataset = Path(dataset)
+    stem = dataset.name[:-3] if dataset.name.endswith(".h5") else dataset.name
+    return dataset.with_name(f"{stem}.{kind}.h5")
+
+
 def image_size(f) -> int | None:
     """The chip width of an open dataset (``None`` without images)."""
     return int(f["images/pixels"].shape[1]) if "images" in f else None

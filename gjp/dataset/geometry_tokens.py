@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from gjp import __version__
-from gjp.dataset.format import decode, open_dataset
+from gjp.dataset.format import companion_path, decode, open_dataset
 from gjp.dataset.image_tokens import dataset_fingerprint
 from gjp.errors import GjpError
 from gjp.io import check_pending, hdf5_attr, hdf5_output
@@ -45,9 +45,7 @@ def encoder_sha256(run_dir: str | Path) -> str:
 
 def geometry_tokens_path(dataset: str | Path, sha256: str) -> Path:
     """``dir/dataset.h5`` → ``dir/dataset.geometry-tokens.<sha12>.h5``."""
-    dataset = Path(dataset)
-    stem = dataset.name[:-3] if dataset.name.endswith(".h5") else dataset.name
-    return dataset.with_name(f"{stem}.geometry-tokens.{sha256[:12]}.h5")
+    return companion_path(dataset, f"geometry-tokens.{sha256[:12]}")
 
 
 def ensure_geometry_tokens(dataset: str | Path, encoder_run: str | Path, device="cpu", batch_size: int = 64,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from gjp import __version__
-from gjp.dataset.format import decode, open_dataset
+from gjp.dataset.format import companion_path, decode, open_dataset
 from gjp.errors import GjpError
 from gjp.io import check_pending, hdf5_attr, hdf5_output
 from gjp.ui import QUIET, Reporter
@@ -33,9 +33,7 @@ _ARRAYS = ("rows", "tokens", "valid", "boxes")
 
 def image_tokens_path(dataset: str | Path, backbone: str = DEFAULT_BACKBONE) -> Path:
     """``dir/dataset.h5`` → ``dir/dataset.image-tokens.<backbone>.h5``."""
-    dataset = Path(dataset)
-    stem = dataset.name[:-3] if dataset.name.endswith(".h5") else dataset.name
-    return dataset.with_name(f"{stem}.image-tokens.{backbone}.h5")
+    return companion_path(dataset, f"image-tokens.{backbone}")
 
 
 # --------------------------------------------------------------------------- geometry

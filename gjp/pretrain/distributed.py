@@ -38,11 +38,8 @@ class Distributed:
 
             dist.barrier()
 
-    def mean(self, values: list[float], device) -> list[float]:
-        """Each value averaged over the processes (the same list back on every one)."""
-        return [v / self.world for v in self.sum(values, device)]
-
     def sum(self, values: list[float], device) -> list[float]:
+        """Each value summed over the processes (the same list back on every one)."""
         if not self.active:
             return list(values)
         import torch

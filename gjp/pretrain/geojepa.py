@@ -255,20 +255,26 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     check_output_free(output, overwrite, directory=True)
     started = time.perf_counter()
     train_tiles, val_tiles = tile_splits(config.dataset, config.splits, config.all_tiles)
+    table = _tag_table(config.dataset, config.tag_embeddings) if "T" in modalities else None
+    encoder, geometry_run, geometry_file, image_file = None, None, None, None
     if "G" in modalities:
         from gjp.dataset.format import open_dataset
+        from gjp.dataset.geometry_tokens import GeometryTokenFile, ensure_geometry_tokens
         from gjp.dataset.graphs import check_dataset_graphs
+        from gjp.embedders.geometry import load_polygnn
 
         with open_dataset(config.dataset) as f:
             check_dataset_graphs(f, config.dataset)
-    table = _tag_table(config.dataset, config.tag_embeddings) if "T" in modalities else None
-    encoder, geometry_run = None, None
-    if "G" in modalities:
-        from gjp.embedders.geometry import load_polygnn
-
         encoder, geometry_run = load_polygnn(config.geometry_encoder)
-    geometry_file = _geometry_tokens(config, device, ranks, reporter) if "G" in modalities else None
-    image_file = _image_tokens(config, device, ranks, reporter) if "I" in modalities else None
+        geometry_file = GeometryTokenFile(_shared_cache(
+            lambda r: ensure_geometry_tokens(config.dataset, config.geometry_encoder, device=device, reporter=r),
+            ranks, reporter))
+    if "I" in modalities:
+        from gjp.dataset.image_tokens import ImageTokenFile, ensure_image_tokens
+
+        image_file = ImageTokenFile(_shared_cache(
+            lambda r: ensure_image_tokens(config.dataset, config.image_backbone, config.image_weights,
+                                          device=device, reporter=r), ranks, reporter))
     if image_file is not None and not modalities & {"T", "G"}:  # images alone: tiles without one have no token
         train_tiles = train_tiles[image_file.rows[train_tiles] >= 0]
         val_tiles = val_tiles[image_file.rows[val_tiles] >= 0]
@@ -307,7 +313,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
                   "geometry_config": geometry_run["model_config"] if geometry_run else None,
                   "vocabulary": int(len(table)) if table is not None else None,
                   "tag_dim": int(table.shape[1]) if table is not None else None,
-                  "data": _provenance(config, modalities),
+                  "data": _provenance(config, modalities, geometry_file),
                   "image": image_file.describe() if image_file is not None else None,
                   "geometry_tokens": geometry_file.describe() if geometry_file is not None else None,
                   "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
@@ -362,9 +368,11 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimiser.step()
             model.update_target(momentum)
-            mean = np.mean(parts, axis=0).tolist()
-            loss, prediction, variance, covariance, _, _, spread, _ = ranks.mean(mean, device)
-            context_tokens, target_tokens, tiles = ranks.sum(np.sum(parts, axis=0)[[4, 5, 7]].tolist(), device)
+            # one collective per step: the per-process means (averaged) and counts (summed)
+            reduced = ranks.sum(np.mean(parts, axis=0)[[0, 1, 2, 3, 6]].tolist()
+                                + np.sum(parts, axis=0)[[4, 5, 7]].tolist(), device)
+            loss, prediction, variance, covariance, spread = (v / ranks.world for v in reduced[:5])
+            context_tokens, target_tokens, tiles = reduced[5:]
             train_loss = loss
             if not np.isfinite(train_loss):
                 raise GjpError(f"geojepa: the loss became {train_loss} at step {step}; try a smaller --lr")
@@ -387,9 +395,8 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
         if epoch + 1 < config.epochs:
             if ranks.main:
                 _save_progress(output, run_config, {
-                    "tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
-                    "optimizer": optimiser.state_dict(), "rng": _rng_states(), "step": step, "epoch": epoch + 1,
-                    "val_loss": val_loss, "metrics": json.dumps(metrics)})
+                    **_training_state(tokenizer, model, optimiser, step), "epoch": epoch + 1, "val_loss": val_loss,
+                    "metrics": json.dumps(metrics)})
             ranks.barrier()
     bar.close()
     seconds = time.perf_counter() - started
@@ -397,8 +404,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     if not ranks.main:
         ranks.barrier()  # rank 0 is publishing the run
         return report
-    checkpoint = {"tokenizer": _cpu(tokenizer.state_dict()), "model": _cpu(model.state_dict()),
-                  "optimizer": optimiser.state_dict(), "rng": _rng_states(), "step": step}
+    checkpoint = _training_state(tokenizer, model, optimiser, step)
     summary = {"epochs": config.epochs, "steps": step, "train_loss": train_loss, "val_loss": val_loss,
                "seconds": round(seconds, 1)}
     write_run(output, overwrite, run_config, ("checkpoint.pt", checkpoint), metrics, summary,
@@ -410,49 +416,30 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     return report
 
 
-def _image_tokens(config: GeoJepaTrainConfig, device, ranks, reporter):
-    """The dataset's cached image tokens (computed once by rank 0 when missing or stale,
-    then read by every process), as an open :class:`ImageTokenFile`."""
-    from gjp.dataset.image_tokens import ImageTokenFile, ensure_image_tokens
-
-    def ensure(reporter):
-        return ensure_image_tokens(config.dataset, config.image_backbone, config.image_weights, device=device,
-                                   reporter=reporter)
-
+def _shared_cache(ensure, ranks, reporter) -> Path:
+    """A cache every process reads (the frozen encoders' tokens): ``ensure(reporter)`` on
+    rank 0 computes it when missing or stale, with its progress bar; the others wait, then
+    find it fresh (``ensure(QUIET)``)."""
     if ranks.main:
         ensure(reporter)
     ranks.barrier()
-    return ImageTokenFile(ensure(QUIET))
+    return ensure(QUIET)
 
 
-def _provenance(config: GeoJepaTrainConfig, modalities: set[str]) -> dict:
+def _provenance(config: GeoJepaTrainConfig, modalities: set[str], geometry_file) -> dict:
     """What the run was trained on, beyond the paths in ``train``: the dataset's
-    fingerprint, the sha256 of the tag embeddings and of the geometry encoder's weights."""
+    fingerprint, the sha256 of the tag embeddings and of the geometry encoder's weights
+    (the key of its token cache)."""
     import hashlib
 
-    from gjp.dataset.geometry_tokens import encoder_sha256
     from gjp.dataset.image_tokens import dataset_fingerprint
 
     data = {"dataset": dataset_fingerprint(config.dataset)}
     if "T" in modalities:
         data["tag_embeddings_sha256"] = hashlib.sha256(Path(config.tag_embeddings).read_bytes()).hexdigest()
-    if "G" in modalities:
-        data["geometry_encoder_sha256"] = encoder_sha256(config.geometry_encoder)
+    if geometry_file is not None:
+        data["geometry_encoder_sha256"] = geometry_file.describe()["encoder_sha256"]
     return data
-
-
-def _geometry_tokens(config: GeoJepaTrainConfig, device, ranks, reporter):
-    """The dataset's cached geometry tokens for the run's frozen encoder (computed once by
-    rank 0 when missing or stale), as an open :class:`GeometryTokenFile`."""
-    from gjp.dataset.geometry_tokens import GeometryTokenFile, ensure_geometry_tokens
-
-    def ensure(reporter):
-        return ensure_geometry_tokens(config.dataset, config.geometry_encoder, device=device, reporter=reporter)
-
-    if ranks.main:
-        ensure(reporter)
-    ranks.barrier()
-    return GeometryTokenFile(ensure(QUIET))
 
 
 def _peak_memory_mb(device) -> float:
@@ -466,8 +453,11 @@ def _peak_memory_mb(device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def _cpu(state: dict) -> dict:
-    return {k: v.detach().cpu() for k, v in state.items()}
+def _training_state(tokenizer, model, optimiser, step: int) -> dict:
+    """What a checkpoint (and an epoch's progress) holds to go on training."""
+    cpu = lambda state: {k: v.detach().cpu() for k, v in state.items()}  # noqa: E731
+    return {"tokenizer": cpu(tokenizer.state_dict()), "model": cpu(model.state_dict()),
+            "optimizer": optimiser.state_dict(), "rng": _rng_states(), "step": step}
 
 
 def _validation_loss(step_module, dataset, sampler, collator, epoch, device, ranks) -> float:
