@@ -68,9 +68,11 @@ echo "gallery: $workspace/gallery.html"
 gjp -q embed --model polygnn --checkpoint runs/polygnn-osm
 building=$(python -c '
 import numpy as np
-from gjp.dataset.tags import RawTags
+from gjp.dataset.format import open_dataset
+from gjp.dataset.tags import raw_tag_blocks
 from gjp.kinds import POLYGON
-t = RawTags("dataset.h5")
+with open_dataset("dataset.h5") as f:
+    t = next(raw_tag_blocks(f))  # the first block of tiles: its indices are those of the dataset
 e = int(np.flatnonzero(t.entities_with(t.tags_where("building", None)) & (t.kind == POLYGON))[0])
 tile = int(t.tile_of_entity[e])
 print(f"{t.tile_names[tile]}:{e - t.entity_offsets[tile]}")')

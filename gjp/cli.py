@@ -404,8 +404,14 @@ def visibility_cmd(input_dir, output, k, workers, scheduler, overwrite, quiet):
 @click.option("--vocab", "vocab_from", type=click.Path(path_type=Path),
               help="Reuse the tag vocabulary of another dataset.h5 (same tag ids in both).")
 @click.option("--images-only", is_flag=True, help="Pack the image chips alone (no graphs): for image models.")
+@click.option("--shard-tiles", type=click.IntRange(min=1), default=None,
+              help="Write -o as a directory of shards (dataset-00000.h5, …) of about this many tiles each, "
+                   "whole groups, one shared vocabulary: for datasets past one machine's disk or one file.")
+@workers_option
+@scheduler_option
 @common
-def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, images_only, overwrite, quiet):
+def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, images_only, shard_tiles, workers,
+             scheduler, overwrite, quiet):
     """Pack graphs (and image chips) into dataset.h5 for training.
 
     Flat arrays with CSR offsets: tiles, entities (kind, min box, tag ids), entity graphs
@@ -416,13 +422,18 @@ def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, images_on
     Example:
       gjp pack-h5 -i graphs/ --images images/ -o dataset.h5
       gjp pack-h5 --images images/ --images-only -o chips.h5
+      gjp pack-h5 -i graphs/ -o shards/ --shard-tiles 200000
+
+    Memory is bounded: the group files are read one at a time (a first pass counts the
+    vocabulary, on --workers threads or a Dask --scheduler), and tiles are written in
+    blocks. Tiles are in group order, by name within a group.
     """
     from gjp.dataset.pack import pack_dataset
 
     reporter = _reporter(quiet)
     report = pack_dataset(None if images_only else input_dir, output, images_dir=images_dir,
-                          min_tag_count=min_tag_count,
-                          vocabulary_from=vocab_from, overwrite=overwrite, reporter=reporter)
+                          min_tag_count=min_tag_count, vocabulary_from=vocab_from, shard_tiles=shard_tiles or 0,
+                          workers=_workers(workers), scheduler=scheduler, overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
 
@@ -698,20 +709,24 @@ def probe_cmd(embeddings, task_dir, head, seeds, output, overwrite, quiet):
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Also write a gallery of the results.")
 @click.option("--eval", "evaluate", is_flag=True, help="Measure precision@k over tag-defined categories.")
 @click.option("--categories", type=click.Path(path_type=Path), help="--eval: a TOML file of categories.")
+@click.option("--eval-queries", "eval_queries", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="--eval: query tiles, a random sample (fixed seed 0) of the categories' tiles, or all of them "
+                   "when there are no more; each is searched against every tile.")
 @click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=None,
               help="The dataset behind the embeddings (for --html and --eval) [default: the one recorded in them].")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="--eval: the results directory.")
 @click.option("--list", "list_tiles", is_flag=True, help="List the tiles of the embeddings and exit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --html page or --eval result.")
-def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, categories, dataset, output, list_tiles,
-            overwrite):
+def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, categories, eval_queries, dataset, output,
+            list_tiles, overwrite):
     """Nearest neighbours of a tile (or an entity, or free text), as TSV: rank, tile, distance.
 
     Exact search (chunked matrix products), the query itself excluded. --eval measures
     retrieval instead: for categories defined by tags (airport, waterway, motorway,
     forest, park, railway, farmland, industrial, water, golf, or --categories FILE), the
-    share of each tile's k neighbours in the same category, written to results/.
+    share of each tile's k neighbours in the same category, written to results/, over at
+    most --eval-queries query tiles (a seeded sample; every tile is still searched).
 
     \b
     Example:
@@ -723,13 +738,14 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
 
     embeddings = embeddings or knn.default_embeddings()
     if list_tiles:
-        from gjp.embeddings import read_embeddings
+        from gjp.embeddings import open_embeddings
 
-        click.echo("\n".join(read_embeddings(embeddings).names))
+        with open_embeddings(embeddings) as emb:  # the names only, not the vectors
+            click.echo("\n".join(emb.name(i) for i in range(len(emb.names))))
         return
     if evaluate:
         report = knn.evaluate_retrieval(embeddings, dataset, k=k, metric=metric, categories=categories,
-                                        output_dir=output, overwrite=overwrite)
+                                        output_dir=output, overwrite=overwrite, queries=eval_queries)
         click.echo(report.table())
         _reporter(False).info(report.summary())
         return

@@ -186,15 +186,17 @@ def _check_schema(path: Path, schema: pa.Schema, require: tuple[str, ...]) -> di
     return meta
 
 
-def read_group_file(path: Path, require: tuple[str, ...] = ()) -> tuple[pa.Table, dict]:
-    """Read a group file and its ``gjp`` metadata, checking format and required columns."""
+def read_group_file(path: Path, require: tuple[str, ...] = (), columns: list[str] | None = None
+                    ) -> tuple[pa.Table, dict]:
+    """Read a group file (all its columns, or ``columns``) and its ``gjp`` metadata,
+    checking format and required columns."""
     try:
         # Small files, decoded whole: one read of all the bytes (a read per column chunk
         # costs a system call each), no thread pool hand-off (the steps already run files
         # in parallel).
         file = pq.ParquetFile(pa.BufferReader(Path(path).read_bytes()), pre_buffer=False)
         meta = _check_schema(path, file.schema_arrow, require)
-        table = file.read(use_threads=False)
+        table = file.read(columns=columns, use_threads=False)
     except (OSError, pa.ArrowException) as err:
         raise GjpError(f"{path}: not a readable Parquet file ({err})") from err
     return table, meta

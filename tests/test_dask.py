@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import osmium
 import pytest
 from dask.distributed import LocalCluster
 
@@ -78,6 +80,55 @@ def test_the_steps_on_a_cluster_write_what_a_local_run_writes(gjp, boston, sched
     _pipeline(gjp, boston, tmp_path / "run", "--scheduler", scheduler)
     assert {p.name for p in (tmp_path / "run").iterdir()} == {"tiles", "simplified", "boxed", "graphs", "images"}
     assert _same_files(local_run, tmp_path / "run") > 100  # the group files and the image chips
+
+
+@pytest.fixture(scope="module")
+def monaco_halves(monaco, tmp_path_factory) -> list[Path]:
+    """Monaco as two overlapping regional extracts: the nodes west (east) of the median
+    longitude, the ways and relations reaching them, and everything those reference."""
+    root = tmp_path_factory.mktemp("halves")
+    mid = statistics.median(n.location.lon for n in osmium.FileProcessor(str(monaco), osmium.osm.NODE))
+    halves = []
+    for name, west in (("west", True), ("east", False)):
+        nodes, ways = set(), set()
+        path = root / f"{name}.osm.pbf"
+        with osmium.BackReferenceWriter(str(path), ref_src=str(monaco), remove_tags=False) as out:
+            for obj in osmium.FileProcessor(str(monaco)):
+                if obj.is_node():
+                    if (obj.location.lon < mid) == west:
+                        nodes.add(obj.id)
+                        out.add_node(obj)
+                elif obj.is_way():
+                    if any(n.ref in nodes for n in obj.nodes):
+                        ways.add(obj.id)
+                        out.add_way(obj)
+                elif any((m.type == "n" and m.ref in nodes) or (m.type == "w" and m.ref in ways)
+                         for m in obj.members):
+                    out.add_relation(obj)
+        halves.append(path)
+    return halves
+
+
+def test_osm_extracts_read_on_the_cluster_give_the_bytes_of_a_local_run(gjp, monaco_halves, scheduler, tmp_path):
+    # one read job per extract on the workers, then the buckets joined in input order
+    args = ["-q", "tile", *monaco_halves, "--min-entities", "1"]
+    for run, extra in (("local", ["--workers", "1"]), ("cluster", ["--scheduler", scheduler])):
+        (tmp_path / run).mkdir()
+        code, _, err = gjp([*args, *extra], tmp_path / run)
+        assert code == 0, err
+    assert _same_files(tmp_path / "local", tmp_path / "cluster") > 10
+    assert {p.name for p in (tmp_path / "cluster").iterdir()} == {"tiles"}  # no spill files left
+
+
+def test_a_corrupt_second_extract_on_the_cluster_is_todays_one_line_error(gjp, monaco, scheduler, tmp_path):
+    cut = tmp_path / "cut.osm.pbf"
+    cut.write_bytes(monaco.read_bytes()[:300_000])
+    code, _, local_err = gjp(["tile", monaco, cut, "--workers", "2"], tmp_path)
+    assert code == 1
+    code, out, err = gjp(["tile", monaco, cut, "--scheduler", scheduler], tmp_path)
+    assert code == 1 and out == ""
+    assert err == local_err and err.count("\n") == 1 and f"{cut}: corrupt or truncated OSM file (" in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["cut.osm.pbf"]
 
 
 def test_the_scheduler_can_come_from_the_environment(gjp, scheduler, local_run, tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from gjp.dataset.format import UNKNOWN, Vocabulary, decode, read_vocabulary
 from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset, collate_tiles
 from gjp.dataset.pack import pack_dataset
 from gjp.errors import GjpError
+from gjp.grid import group_name, parse_tile_name
 
 
 def graphs_table(graphs):
@@ -40,7 +41,9 @@ def test_csr_invariants(monaco_dataset):
         assert len(f["entities/tag_key_ids"]) == len(f["entities/tag_ids"]) == len(f["entities/tag_value_ids"])
         assert f["entities/tag_ids"][()].max() < len(f["vocab/tags"])
         names = decode(f["tiles/name"][()])
-        assert names == sorted(names) and len(set(names)) == len(names)
+        groups = decode(f["tiles/group"][()])
+        # group order, then name order within a group (the order pack-h5 streams them in)
+        assert list(zip(groups, names)) == sorted(zip(groups, names)) and len(set(names)) == len(names)
         node_counts = np.diff(f["graph/node_offsets"][()])
         for kind in ("geometry", "visibility"):
             edges = f[f"graph/{kind}_edges"][()]
@@ -59,7 +62,7 @@ def test_graphs_round_trip_through_dataset_and_loader(monaco_dataset):
     by_tile = {}
     for r in rows:
         by_tile.setdefault(r["tile"], []).append(r)
-    assert ds.names == sorted(by_tile)
+    assert ds.names == sorted(by_tile, key=lambda n: (group_name(*parse_tile_name(n)), n))
     loader = torch.utils.data.DataLoader(ds, batch_size=7, collate_fn=collate_tiles)
     seen = 0
     for batch in loader:
@@ -198,7 +201,7 @@ def test_loader_workers_open_the_file_themselves(monaco_dataset):
     loader = torch.utils.data.DataLoader(ds, batch_sampler=LengthGroupedBatchSampler(ds.entity_counts, 16, seed=0),
                                          collate_fn=collate_tiles, num_workers=2)
     names = [n for batch in loader for n in batch["names"]]
-    assert sorted(names) == ds.names
+    assert sorted(names) == sorted(ds.names)
 
 
 def test_images_only_dataset(tmp_path):
@@ -256,3 +259,59 @@ def test_the_chip_size_comes_from_the_dataset(tmp_path):
     ds = TileDataset(tmp_path / "chips.h5", images=True)
     batch = collate_tiles([ds[0], ds[1]])
     assert tuple(batch["image"].shape) == (2, 3, 64, 64) and batch["image_valid"].all()
+
+
+def _raw_tags(f) -> list[tuple[str, str]]:
+    keys, values = decode(f["strings/keys"][()]), decode(f["strings/values"][()])
+    return [(keys[k], values[v]) for k, v in zip(f["entities/tag_key_ids"][()], f["entities/tag_value_ids"][()])]
+
+
+def test_pack_streams_blocks_and_shards_without_changing_the_data(monaco_dataset, tmp_path, monkeypatch):
+    """Tiny write blocks give the same file as the default; shards hold the same tiles in
+    the same order, whole groups, one shared vocabulary, each a dataset of its own."""
+    from gjp.dataset import format as dataset_format
+    from gjp.dataset.format import open_dataset
+    from gjp.dataset.pack import SHARD_NAME
+
+    _, graphs, path = monaco_dataset
+    monkeypatch.setattr(dataset_format, "BLOCK_ENTITIES", 37)
+    pack_dataset(graphs, tmp_path / "blocks.h5")
+    with h5py.File(path) as a, h5py.File(tmp_path / "blocks.h5") as b:
+        names = []
+        a.visit(lambda n: names.append(n) if isinstance(a[n], h5py.Dataset) else None)
+        for name in names:
+            assert np.array_equal(a[name][()], b[name][()]), name
+        whole_tags, whole_vocab = _raw_tags(a), a["vocab/tags"][()]
+        whole = {n: a[n][()] for n in ("tiles/name", "tiles/group", "entities/kind", "entities/osm_id",
+                                       "entities/tag_ids", "graph/nodes", "graph/visibility_edges")}
+        n_tiles = len(whole["tiles/name"])
+
+    report = pack_dataset(graphs, tmp_path / "shards", shard_tiles=n_tiles // 4)
+    files = sorted((tmp_path / "shards").iterdir())
+    assert [f.name for f in files] == [SHARD_NAME.format(i) for i in range(report.shards)] and report.shards >= 4
+    parts = {n: [] for n in whole}
+    tags = []
+    for i, shard in enumerate(files):
+        with open_dataset(shard) as f:
+            assert json.loads(f.attrs["shard"]) == {"index": i, "count": len(files)}
+            assert np.array_equal(f["vocab/tags"][()], whole_vocab)
+            for n in whole:
+                parts[n].append(f[n][()])
+            tags += _raw_tags(f)
+    groups = [set(decode(g)) for g in parts["tiles/group"]]
+    assert all(not (a & b) for i, a in enumerate(groups) for b in groups[i + 1:])  # groups never split
+    for n, value in whole.items():
+        assert np.array_equal(np.concatenate(parts[n]), value), n
+    assert tags == whole_tags
+    assert report.tiles == n_tiles
+
+
+def test_pack_refuses_a_tile_in_the_wrong_group_file(monaco_dataset, tmp_path):
+    _, graphs, _ = monaco_dataset
+    files = sorted(graphs.glob("14_*.parquet"))
+    moved = tmp_path / "graphs"
+    moved.mkdir()
+    (moved / files[1].name).write_bytes(files[0].read_bytes())  # group A's tiles under group B's name
+    with pytest.raises(GjpError, match=f"{files[1].name}: has tile .* which belongs to group {files[0].stem}"):
+        pack_dataset(moved, tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()

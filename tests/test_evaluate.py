@@ -207,3 +207,146 @@ def test_image_backbone_loads_a_local_state_dict(monaco_dataset, tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(GjpError, match="not a PyTorch state dict"):
         embed("resnet50", tmp_path / "chips.h5", tmp_path / "c.h5", weights=str(tmp_path / "junk.pt"))
+
+
+def _tag_table(dataset, path, dim=6, seed=5):
+    """A random tag-embeddings file for ``dataset``'s vocabulary."""
+    import h5py
+
+    from gjp.tag_embeddings import FORMAT, FORMAT_VERSION
+
+    with h5py.File(dataset) as f:
+        vocab = [v.decode() for v in f["vocab/tags"][()]]
+    table = np.random.default_rng(seed).normal(size=(len(vocab), dim)).astype(np.float32)
+    pq.write_table(pa.table({"tag": vocab, "text": vocab,
+                             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(table.ravel()), dim)})
+                   .replace_schema_metadata({b"gjp": json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                              "model": "test"}).encode()}), path)
+    return path
+
+
+def test_tile_blocks_bound_tiles_and_entities_and_keep_whole_batches():
+    from gjp.embedders.baselines import tile_blocks
+
+    offsets = np.concatenate([[0], np.cumsum([3, 0, 50, 1, 1, 1, 200, 0, 2, 2])])
+    blocks = list(tile_blocks(offsets, block_tiles=4, block_entities=10))
+    assert blocks[0] == (0, 2) and blocks[-1][1] == 10
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))  # consecutive, every tile once
+    for t0, t1 in blocks:  # a block exceeds the entity bound only when it is one tile
+        assert t1 - t0 <= 4 and (offsets[t1] - offsets[t0] <= 10 or t1 - t0 == 1)
+    batched = list(tile_blocks(offsets, block_tiles=5, block_entities=10, multiple=2))
+    assert all(t0 % 2 == 0 for t0, _ in batched) and batched[-1][1] == 10
+
+
+def test_embeddings_are_identical_in_any_block_size(monaco_dataset, tmp_path, monkeypatch):
+    """Blocks of 3 tiles (and of a few entities) write exactly the vectors of one block."""
+    import h5py
+
+    from gjp.embedders import baselines
+    from gjp.embedders.embed import embed
+
+    _, _, dataset = monaco_dataset
+    tags = _tag_table(dataset, tmp_path / "tags.parquet")
+    for model in ("tagcount", "tagpool"):
+        whole = baselines.EMBEDDERS[model](dataset, tag_embeddings=tags, block_tiles=10**9)
+        assert embed(model, dataset, tmp_path / f"{model}.h5", tag_embeddings=tags).tiles == len(whole.names)
+        monkeypatch.setattr(baselines, "BLOCK_ENTITIES", 7)
+        embed(model, dataset, tmp_path / f"{model}-small.h5", tag_embeddings=tags, block_tiles=3)
+        monkeypatch.undo()
+        with h5py.File(tmp_path / f"{model}.h5") as a, h5py.File(tmp_path / f"{model}-small.h5") as b:
+            assert sorted(a) == sorted(b)
+            for name in ("tiles/name", "tiles/vectors", "entities/offsets", "entities/vectors",
+                         "entities/osm_type", "entities/osm_id"):
+                assert (name in a) == (model == "tagpool" or name.startswith("tiles"))
+                if name in a:
+                    np.testing.assert_array_equal(a[name][()], b[name][()])
+            np.testing.assert_array_equal(a["tiles/vectors"][()], whole.vectors)
+        emb = read_embeddings(tmp_path / f"{model}.h5", entities=model == "tagpool")
+        with h5py.File(dataset) as f:
+            assert emb.names == [n.decode() for n in f["tiles/name"][()]]
+            if model == "tagpool":
+                np.testing.assert_array_equal(emb.entity_offsets, f["tiles/entity_offsets"][()])
+                np.testing.assert_array_equal(emb.entity_osm_id, f["entities/osm_id"][()])
+
+
+def test_a_non_finite_block_writes_nothing(tmp_path):
+    from gjp.embeddings import EmbeddingsWriter
+    from gjp.errors import GjpError
+    from gjp.io import hdf5_output
+
+    out = tmp_path / "e.h5"
+    with pytest.raises(GjpError, match="not finite"):
+        with hdf5_output(out) as f:
+            writer = EmbeddingsWriter(f, out, np.array([b"a", b"b", b"c"]), model="m", dataset="d")
+            writer.append(np.ones((2, 4)))
+            writer.append(np.array([[np.nan, 0, 0, 0]]))
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_knn_streamed_from_the_file_and_in_query_batches_is_the_same(tmp_path, metric, monkeypatch):
+    import h5py
+
+    from gjp.embeddings import open_embeddings
+    from gjp.evaluate import knn
+
+    rng = np.random.default_rng(6)
+    base = np.round(rng.normal(size=(3000, 8)), 1).astype(np.float32)  # coarse: ties and duplicates
+    write_embeddings(tmp_path / "e.h5", [f"16_{i}_0" for i in range(3000)], base, model="m", dataset="none")
+    queries = np.sort(rng.choice(3000, 300, replace=False))
+    want = search(base, base[queries], 8, metric, exclude=queries, chunk_rows=700)
+    with open_embeddings(tmp_path / "e.h5") as emb:
+        np.testing.assert_array_equal(emb.tiles.take(queries[::-1]), base[queries[::-1]])
+        got = search(emb.tiles, emb.tiles.take(queries), 8, metric, exclude=queries, chunk_rows=700)
+    monkeypatch.setattr(knn, "QUERY_BATCH", 64)
+    monkeypatch.setattr(knn, "EXACT_QUERIES", 5)
+    batched = search(base, base[queries], 8, metric, exclude=queries, chunk_rows=700)
+    for other in (got, batched):
+        np.testing.assert_array_equal(other[0], want[0])
+        np.testing.assert_array_equal(other[1], want[1])
+    with h5py.File(tmp_path / "e.h5", "r+") as f:
+        f["tiles/vectors"][2500] = np.nan
+    from gjp.errors import GjpError
+
+    with open_embeddings(tmp_path / "e.h5") as emb, pytest.raises(GjpError, match="1 of 3000 vectors"):
+        search(emb.tiles, base[:2], 8, metric)
+
+
+def test_knn_eval_samples_queries_deterministically(monaco_dataset, tmp_path):
+    from gjp.embedders.embed import embed
+    from gjp.evaluate.knn import evaluate_retrieval, tile_categories
+
+    _, _, dataset = monaco_dataset
+    emb = tmp_path / "tagcount.h5"
+    embed("tagcount", dataset, emb)
+    categories = tmp_path / "c.toml"
+    categories.write_text('buildings = { building = "*" }\nshops = { shop = "*", amenity = ["cafe", "restaurant"] }\n'
+                          'nothing = { "no-such-key" = "*" }\n')
+    import h5py
+
+    with h5py.File(dataset) as f:  # every tag's tile, key and value, the plain way
+        names = f["tiles/name"][()]
+        tile_of_entity = np.repeat(np.arange(len(names)), np.diff(f["tiles/entity_offsets"][()]))
+        tile_of_tag = tile_of_entity[np.repeat(np.arange(len(tile_of_entity)), np.diff(f["entities/tag_offsets"][()]))]
+        keys = f["strings/keys"][()][f["entities/tag_key_ids"][()]]
+        values = f["strings/values"][()][f["entities/tag_value_ids"][()]]
+    members = tile_categories(dataset, names[::-1], {"b": {"building": "*"}, "s": {"amenity": ["cafe"]}},
+                              entities_per_block=50)
+    flip = len(names) - 1  # names given in reverse: indices into that order
+    assert members["b"].tolist() == sorted(flip - np.unique(tile_of_tag[keys == b"building"]))
+    assert members["s"].tolist() == sorted(flip - np.unique(tile_of_tag[(keys == b"amenity") & (values == b"cafe")]))
+    assert len(members["b"]) > 10 and len(members["s"]) > 2
+
+    def run(name, **kw):
+        return evaluate_retrieval(emb, dataset, categories=categories, output_dir=tmp_path / name, **kw).result
+
+    everything, default = run("all", queries=10**9), run("default")
+    assert everything["categories"] == default["categories"]  # fewer tiles than the default sample
+    assert everything["queries"] == everything["query_tiles"] and everything["too_small"] == {"nothing": 0}
+    some, again, other = run("some", queries=20), run("again", queries=20), run("other", queries=20, seed=1)
+    assert some["categories"] == again["categories"] and some["queries"] == 20 and some["query_seed"] == 0
+    assert sum(c["queries"] for c in some["categories"].values()) >= 20 > sum(
+        c["queries"] for c in everything["categories"].values()) / 5
+    assert other["categories"] != some["categories"]
+    for name, c in some["categories"].items():  # the same tiles, a share of them asked
+        assert c["tiles"] == everything["categories"][name]["tiles"] and c["queries"] <= c["tiles"]

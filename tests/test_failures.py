@@ -76,6 +76,11 @@ def ws(pristine, tmp_path):
 
 # --------------------------------------------------------------------------- damage
 
+def _copy(ws: Path, src: str, dst: str) -> None:
+    (ws / dst).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ws / src, ws / dst)
+
+
 def write(rel: str, data: bytes | str):
     def damage(ws: Path):
         path = ws / rel
@@ -241,6 +246,14 @@ CASES = [
          images_of_zoom(17)),
     Case("pack-vocab-not-a-dataset", ["pack-h5", "-o", "d2.h5", "--vocab", "monaco.osm.pbf"],
          ("monaco.osm.pbf", "HDF5")),
+    Case("pack-shards-exist", ["pack-h5", "-o", "shards/", "--shard-tiles", "20"], ("shards", "--overwrite"),
+         write("shards/dataset-00000.h5", "mine")),
+    Case("pack-shards-into-a-file", ["pack-h5", "-o", "dataset.h5", "--shard-tiles", "20", "--overwrite"],
+         ("dataset.h5", "not a directory")),
+    Case("pretrain-not-a-shard", ["pretrain", "--modalities", "T", "-i", "shards/", "-o", "runs/s"],
+         ("dataset-00001.h5", "not a shard"), lambda ws: _copy(ws, "dataset.h5", "shards/dataset-00001.h5")),
+    Case("pretrain-no-shards", ["pretrain", "--modalities", "T", "-i", "shards/", "-o", "runs/s"],
+         ("shards", "without dataset shards"), lambda ws: (ws / "shards").mkdir()),
     # mktask
     Case("mktask-unknown-task", ["mktask", "nosuchtask"], ("nosuchtask",)),
     Case("mktask-spec-not-utf8", ["mktask", "--spec", "x.toml"], ("x.toml", "UTF-8"), write("x.toml", NOT_UTF8)),
@@ -289,7 +302,7 @@ CASES = [
     Case("probe-embeddings-not-hdf5", ["probe", "-e", "monaco.osm.pbf", "--task", T, "-o", "r2/"],
          ("monaco.osm.pbf", "HDF5")),
     # knn
-    Case("knn-nan-query", ["knn", "-e", E, "--query", "16_34121_23868"], (E, "not finite"),
+    Case("knn-nan-query", ["knn", "-e", E, "--query", "QUERY"], (E, "not finite"),
          h5_edit(E, nan_vectors)),
     Case("knn-unknown-tile", ["knn", "-e", E, "--query", "16_1_1"], ("16_1_1",)),
     Case("knn-html-exists", ["knn", "-e", E, "--query", "QUERY", "--html", "g.html"], ("g.html", "--overwrite"),

@@ -275,3 +275,29 @@ def test_loader_workers_change_nothing_and_registers_are_an_option(workspace, tm
     b = torch.load(tmp_path / "shared" / "checkpoint.pt", weights_only=True)["model"]
     assert a["context_encoder.registers"].shape == (1, 2, 64)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretraining_on_shards_equals_pretraining_on_one_file(workspace, monaco_dataset, tmp_path):
+    """`pack-h5 --shard-tiles` cuts the same tiles into several files; pretraining on the
+    shard directory sees the same train tiles in the same order, so the same batches,
+    losses and weights (each shard with its own geometry-token cache)."""
+    import torch
+
+    from gjp.dataset.pack import pack_dataset
+
+    with open_dataset(workspace / "dataset.h5") as f:
+        n_tiles = len(f["tiles/name"])
+    pack_dataset(monaco_dataset[1], tmp_path / "shards", shard_tiles=n_tiles // 3)
+    assert len(list((tmp_path / "shards").glob("dataset-*[0-9].h5"))) >= 3
+    one = pretrain_geojepa(tmp_path / "one", config(workspace, epochs=2), device="cpu")
+    many = pretrain_geojepa(tmp_path / "many", config(workspace, epochs=2, dataset=str(tmp_path / "shards")),
+                            device="cpu")
+    assert many.train_loss == pytest.approx(one.train_loss, rel=1e-5)
+    assert many.val_loss == pytest.approx(one.val_loss, rel=1e-5)
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "many" / "checkpoint.pt", weights_only=True)["model"]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+    assert len(list((tmp_path / "shards").glob("dataset-*.geometry-tokens.*.h5"))) >= 3
+    data = json.loads((tmp_path / "many" / "config.json").read_text())["data"]
+    assert isinstance(data["dataset"], list) and len(data["dataset"]) >= 3

@@ -185,6 +185,22 @@ def test_chunks_and_spill_buckets_do_not_change_the_output(monaco, tmp_path, mon
         assert a.equals(b), name
 
 
+def test_tiny_memory_settings_give_byte_identical_outputs(monaco, tmp_path, monkeypatch):
+    """Memory is bounded by settings (entities per chunk, rows waiting for a spill, rows a
+    bucket may hold before it is split by group): at tiny values, the same bytes."""
+    from gjp.osm import tiling
+
+    # the same output path for both runs: the provenance records the command line
+    report = tile_osm([monaco], tmp_path / "out", min_entities=1)
+    default = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    monkeypatch.setattr(tiling, "_CHUNK_SIZE", 50)  # relation chunks: at most 50 members too
+    monkeypatch.setattr(tiling, "_SPILL_BUFFER_ROWS", 300)
+    monkeypatch.setattr(tiling, "_BUCKET_ROWS", 500)  # every bucket split, some groups alone
+    tiny = tile_osm([monaco], tmp_path / "out", min_entities=1, overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == default
+    assert tiny == report
+
+
 def test_other_zooms_group_two_levels_up(opl, tmp_path):
     path = opl(n(1, WEST + 0.001, MID_LAT, "amenity=bench"))
     out = tmp_path / "z15"
@@ -206,3 +222,42 @@ def test_plain_osm_xml_and_file_backed_node_index(west_oakland, tmp_path):
     assert a.rows_written == b.rows_written > 0
     for f in (tmp_path / "a").iterdir():
         assert pq.read_table(f).equals(pq.read_table(tmp_path / "b" / f.name))
+
+
+def test_inputs_read_at_once_give_the_bytes_of_reading_them_in_turn(monaco, boston, tmp_path, monkeypatch):
+    """One read job per input, each spilling into its own bucket files, joined in input
+    order: whatever the workers and the bucket settings, the bytes of one worker."""
+    from gjp.osm import tiling
+
+    # the same output path for every run: the provenance records the command line
+    one = tile_osm([monaco, boston], tmp_path / "out", min_entities=1, workers=1)
+    expected = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert len(expected) > 10
+    two = tile_osm([monaco, boston], tmp_path / "out", min_entities=1, workers=2, overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == expected
+    assert two == one
+    monkeypatch.setattr(tiling, "_SPILL_BYTES_PER_BUCKET", 50_000)  # buckets holding both inputs
+    monkeypatch.setattr(tiling, "_BUCKET_ROWS", 500)  # joined buckets split again
+    tile_osm([monaco, boston], tmp_path / "out", min_entities=1, workers=2, overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == expected
+
+
+def test_a_file_backed_node_index_gets_one_file_per_input(kotka, columbus_circle, tmp_path):
+    # inputs read at once must not share an index file; gjp removes the files it named
+    inputs = [kotka, columbus_circle]
+    tile_osm(inputs, tmp_path / "out", min_entities=1)
+    expected = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    tile_osm(inputs, tmp_path / "out", min_entities=1, workers=2, overwrite=True,
+             node_index=f"sparse_file_array,{tmp_path / 'nodes.idx'}")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == expected
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_corrupt_second_input_is_one_line_and_writes_nothing(monaco, tmp_path, run_gjp):
+    cut = tmp_path / "cut.osm.pbf"
+    cut.write_bytes(monaco.read_bytes()[:300_000])
+    for workers in ("1", "2"):
+        code, out, err = run_gjp(["tile", monaco, cut, "-o", tmp_path / "t", "--workers", workers])
+        assert code == 1 and out == ""
+        assert err.count("\n") == 1 and err.startswith(f"gjp: error: {cut}: corrupt or truncated OSM file ("), err
+        assert [p.name for p in tmp_path.iterdir()] == ["cut.osm.pbf"]

@@ -10,15 +10,15 @@ nodes and edges likewise through their own offsets. docs/FORMATS.md lists every 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from gjp.errors import GjpError
-from gjp.io import check_pending, hdf5_output, open_hdf5, require_datasets
+from gjp.io import check_pending, open_hdf5, require_datasets
 from gjp.kinds import KINDS, OSM_TYPES
-from gjp.ui import QUIET, Reporter
 
 FORMAT = "gjp-dataset"
 FORMAT_VERSION = 1
@@ -68,6 +68,12 @@ class Vocabulary:
         pairs: Counter = Counter()
         for tags in tag_lists:
             pairs.update(f"{k}={v}" for k, v in tags)
+        return cls.from_counts(pairs, min_count)
+
+    @classmethod
+    def from_counts(cls, pairs: Counter, min_count: int = DEFAULT_MIN_TAG_COUNT) -> Vocabulary:
+        """From how many times each ``key=value`` was seen (counts merged from any number
+        of files: the result depends on the totals only, not on the order)."""
         kept: Counter = Counter()
         for pair, n in pairs.items():
             if n >= min_count:
@@ -96,43 +102,123 @@ def decode(strings: np.ndarray) -> list[str]:
     return [b.decode() for b in strings]
 
 
-def write_dataset(output: Path, arrays: dict[str, np.ndarray], vocab: Vocabulary, attrs: dict,
-                  images=None, reporter: Reporter = QUIET, overwrite: bool = False) -> None:
-    """Write a dataset file atomically. ``images``, when given, has ``has`` (a mask over
-    the tiles), ``size`` (chip width in pixels) and ``read(i) -> (rgb, valid)``; chips are
-    streamed in one at a time, so memory does not grow with the dataset."""
-    with hdf5_output(output, overwrite, track_order=True) as f:
+#: The dtype and row shape of every per-row array; tile names and groups get the width
+#: of the largest name at the dataset's zoom (:func:`name_width`).
+_SCHEMA = {
+    "tiles/name": (None, ()), "tiles/zxy": (np.int32, (3,)), "tiles/group": (None, ()),
+    "tiles/entity_offsets": (np.int64, ()),
+    "entities/kind": (np.uint8, ()), "entities/osm_type": (np.uint8, ()), "entities/osm_id": (np.int64, ()),
+    "entities/min_box": (np.float32, (8,)), "entities/min_box_shape": (np.float32, (4,)),
+    "entities/tag_offsets": (np.int64, ()), "entities/tag_ids": (np.int32, ()),
+    "entities/tag_key_ids": (np.int32, ()), "entities/tag_value_ids": (np.int32, ()),
+    "graph/node_offsets": (np.int64, ()), "graph/nodes": (np.float32, (2,)), "graph/node_part": (np.int32, ()),
+    "graph/geometry_edge_offsets": (np.int64, ()), "graph/geometry_edges": (np.int32, (2,)),
+    "graph/visibility_edge_offsets": (np.int64, ()), "graph/visibility_edges": (np.int32, (2,)),
+}
+#: Rows buffered before they are written: a block of about this many entities (and their
+#: tags, vertices, edges) is all the writer holds, whatever the dataset's size.
+BLOCK_ENTITIES = 1 << 16
+
+
+def name_width(zoom: int) -> int:
+    """Bytes of the longest tile name at ``zoom`` (``16_65535_65535``): a fixed width
+    known before the first tile, so names can be appended block by block."""
+    return max(len(f"{zoom}_{2**zoom - 1}_{2**zoom - 1}"), 1)
+
+
+class DatasetWriter:
+    """Writes a dataset into an open HDF5 file block by block, so memory is bounded by
+    :data:`BLOCK_ENTITIES` and not by the dataset. :meth:`append` takes the arrays of
+    some tiles with *local* CSR offsets (each starting at 0); the writer rebases them,
+    buffers, and flushes into resizable chunked arrays. :meth:`finish` writes the string
+    tables, the vocabulary and the attributes that need the whole dataset."""
+
+    def __init__(self, f, zoom: int, image_size: int | None = None, block_entities: int | None = None):
+        self.f, self.block_entities = f, block_entities or BLOCK_ENTITIES
+        width = name_width(zoom)
+        self.tiles = 0
+        self._items = {name: 0 for name in _SCHEMA}     # rows written or buffered per array
+        self._buffer: dict[str, list] = {name: [] for name in _SCHEMA}
+        self._buffered_entities = 0
+        for name, (dtype, shape) in _SCHEMA.items():
+            dtype = np.dtype(f"S{width}") if dtype is None else np.dtype(dtype)
+            row_bytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+            # ~16 KiB chunks: a tile's slice is a few hundred bytes, and every read
+            # decompresses whole chunks, so small chunks keep random access cheap
+            rows = max(1, 16384 // row_bytes)
+            initial = 1 if name in _OFFSETS else 0   # offsets start with their 0
+            f.create_dataset(name, shape=(initial, *shape), maxshape=(None, *shape), dtype=dtype,
+                             chunks=(rows, *shape), compression="lzf", shuffle=True)
+        self.pixels = self.valid = None
+        if image_size is not None:
+            s = int(image_size)
+            self.pixels = f.create_dataset("images/pixels", shape=(0, s, s, 3), maxshape=(None, s, s, 3),
+                                           dtype=np.uint8, chunks=(1, s, s, 3), compression="lzf")
+            self.valid = f.create_dataset("images/valid", shape=(0, s, s), maxshape=(None, s, s), dtype=bool,
+                                          chunks=(1, s, s), compression="lzf")
+            self._has_image = f.create_dataset("images/has_image", shape=(0,), maxshape=(None,), dtype=bool,
+                                               chunks=(16384,))
+
+    def append(self, block: dict[str, np.ndarray], images=None) -> None:
+        """Add the tiles of ``block`` (every array of the format but the string tables and
+        the vocabulary; offsets local). ``images``, with an image size, is a list (one per
+        tile of the block) of ``(rgb, valid)`` or ``None``; chips are written at once."""
+        n = len(block["tiles/name"])
+        base = {offsets: self._items[items] for offsets, items in _OFFSETS.items()}
+        for name in _SCHEMA:
+            data = block[name]
+            if name in _OFFSETS:  # local offsets → absolute ones, past what came before
+                data = np.asarray(data[1:], dtype=np.int64) + base[name]
+            self._buffer[name].append(data)
+            self._items[name] += len(data)
+        self._buffered_entities += len(block["entities/kind"])
+        if self.pixels is not None:
+            self._write_images(n, images)
+        self.tiles += n
+        if self._buffered_entities >= self.block_entities:
+            self.flush()
+
+    def _write_images(self, n: int, images) -> None:
+        start = self.tiles
+        for ds in (self.pixels, self.valid, self._has_image):
+            ds.resize(start + n, axis=0)
+        has = np.zeros(n, dtype=bool)
+        for i, chip in enumerate(images or [None] * n):
+            if chip is not None:
+                check_pending(self.f)
+                self.pixels[start + i], self.valid[start + i] = chip
+                has[i] = True
+        self._has_image[start:start + n] = has
+
+    def flush(self) -> None:
+        for name, parts in self._buffer.items():
+            if not parts:
+                continue
+            ds = self.f[name]
+            data = np.concatenate(parts).astype(ds.dtype, copy=False)
+            if len(data):
+                start = ds.shape[0]
+                ds.resize(start + len(data), axis=0)
+                ds[start:] = data
+            parts.clear()
+        self._buffered_entities = 0
+        check_pending(self.f)
+
+    def finish(self, vocab: Vocabulary, keys: list[str], values: list[str], attrs: dict) -> None:
+        self.flush()
+        f = self.f
         for key, value in attrs.items():
             f.attrs[key] = value
-        for name, data in arrays.items():
-            _put(f, name, data)
+        f["strings/keys"] = encode_strings(keys)
+        f["strings/values"] = encode_strings(values)
         f["vocab/tags"] = encode_strings(vocab.entries)
         f["vocab/counts"] = np.asarray(vocab.counts, dtype=np.int64)
         f["entities/kind"].attrs["names"] = json.dumps(list(KINDS))
         f["entities/osm_type"].attrs["names"] = json.dumps(list(OSM_TYPES))
         f["entities/min_box_shape"].attrs["columns"] = json.dumps(["width", "height", "area", "angle"])
-        if images is not None:
-            n, size = len(images.has), int(images.size)
-            pixels = f.create_dataset("images/pixels", shape=(n, size, size, 3), dtype=np.uint8,
-                                      chunks=(1, size, size, 3), compression="lzf")
-            valid = f.create_dataset("images/valid", shape=(n, size, size), dtype=bool,
-                                     chunks=(1, size, size), compression="lzf")
-            for i in reporter.progress(np.flatnonzero(images.has), desc="packing images", unit=" chip"):
-                check_pending(f)
-                pixels[i], valid[i] = images.read(int(i))
-            f["images/has_image"] = images.has
+        if self.pixels is not None:
             f["images"].attrs["mean"] = NAIP_MEAN
             f["images"].attrs["std"] = NAIP_STD
-
-
-def _put(f, name: str, data: np.ndarray) -> None:
-    # ~16 KiB chunks: a tile's slice is a few hundred bytes, and every read decompresses
-    # whole chunks, so small chunks keep random access cheap while still compressing
-    if len(data) == 0:
-        f.create_dataset(name, data=data)
-        return
-    rows = max(1, min(len(data), 16384 // max(1, data.dtype.itemsize * int(np.prod(data.shape[1:])))))
-    f.create_dataset(name, data=data, chunks=(rows, *data.shape[1:]), compression="lzf", shuffle=True)
 
 
 # --------------------------------------------------------------------------- reading
@@ -172,6 +258,54 @@ def check_dataset(f, path: str | Path) -> None:
         shape = f["images/pixels"].shape
         if len(shape) != 4 or shape[0] != n["tiles"] or shape[3] != 3 or len(f["images/has_image"]) != n["tiles"]:
             raise GjpError(f"{path}: damaged dataset: images/pixels has shape {shape} for {n['tiles']} tiles")
+
+
+def read_tiles(f, start: int, stop: int) -> dict[str, np.ndarray]:
+    """Tiles ``start:stop`` of an open dataset as a block of :class:`DatasetWriter` (every
+    per-row array, offsets local): contiguous slices, so a block costs one read per array."""
+    block = {}
+    entities = None   # the block's entity range, once the tiles' offsets are read
+    for offsets, items in _OFFSETS.items():  # tiles → entities first, then the entities' items
+        a, b = (start, stop) if offsets.startswith("tiles/") else entities
+        o = f[offsets][a:b + 1]
+        block[offsets] = o - o[0]
+        first, last = int(o[0]), int(o[-1])
+        if entities is None:
+            entities = (first, last)
+        for name, counts in _ARRAYS.items():  # every array that counts what these offsets count
+            if counts == _ARRAYS[items] and name in _SCHEMA and name not in _OFFSETS:
+                block[name] = f[name][first:last]
+    for name in ("tiles/name", "tiles/zxy", "tiles/group"):
+        block[name] = f[name][start:stop]
+    return block
+
+
+#: Shard files of ``pack-h5 --shard-tiles``: ``DIR/dataset-00000.h5``, …
+SHARD_NAME = "dataset-{:05d}.h5"
+_SHARD_FILE = re.compile(r"dataset-(\d{5})\.h5")
+
+
+def dataset_files(path: str | Path) -> list[Path]:
+    """The files of a dataset: ``path`` itself, or, for a directory of shards, its shards
+    in order, checked to be all there (each records its index and the count)."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    shards = sorted(p for p in path.iterdir() if _SHARD_FILE.fullmatch(p.name))
+    if not shards:
+        raise GjpError(f"{path}: a directory without dataset shards (dataset-00000.h5, …; "
+                       "made by `gjp pack-h5 --shard-tiles N`)")
+    for i, shard in enumerate(shards):
+        with open_dataset(shard) as f:
+            try:
+                info = json.loads(f.attrs.get("shard", "null"))
+                index, count = int(info["index"]), int(info["count"])
+            except (TypeError, KeyError, ValueError):
+                raise GjpError(f"{shard}: not a shard of a dataset (no shard attribute)") from None
+        if shard.name != SHARD_NAME.format(i) or index != i or count != len(shards):
+            raise GjpError(f"{path}: incomplete shards: {len(shards)} files, but {shard.name} is shard {index} "
+                           f"of {count} (pack the dataset again)")
+    return shards
 
 
 def companion_path(dataset: str | Path, kind: str) -> Path:

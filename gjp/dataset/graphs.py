@@ -80,6 +80,19 @@ class EntityGraphs:
         return whole if entities is None else whole.take(entities)
 
     @classmethod
+    def from_dataset_range(cls, f, first: int, stop: int) -> EntityGraphs:
+        """Graphs of entities ``first``..``stop``−1 of an open ``dataset.h5``, read by
+        slicing: memory grows with the range, not with the dataset."""
+        arrays, offsets = [], []
+        for items, offsets_name in (("graph/nodes", "graph/node_offsets"),
+                                    ("graph/geometry_edges", "graph/geometry_edge_offsets"),
+                                    ("graph/visibility_edges", "graph/visibility_edge_offsets")):
+            o = f[offsets_name][first:stop + 1]
+            arrays.append(f[items][int(o[0]):int(o[-1])] if len(o) else f[items][0:0])
+            offsets.append((o - o[0]) if len(o) else np.zeros(1, np.int64))
+        return cls(arrays[0], offsets[0], arrays[1], offsets[1], arrays[2], offsets[2])
+
+    @classmethod
     def concat(cls, parts: list[EntityGraphs]) -> EntityGraphs:
         """Several sets of graphs as one, in order."""
         def offsets(name):
@@ -116,13 +129,14 @@ class EntityGraphs:
         return EntityGraphs(self.nodes[nodes], node_offsets, self.geometry_edges[geo], geo_offsets,
                             self.visibility_edges[vis], vis_offsets)
 
-    def check(self, where: str) -> None:
-        """Finite coordinates and edges inside their entity, or a one-line error."""
+    def check(self, where: str, first_entity: int = 0) -> None:
+        """Finite coordinates and edges inside their entity, or a one-line error (naming
+        the entity as ``first_entity`` + its index here: graphs read from a range)."""
         from gjp.errors import GjpError
 
         if not np.isfinite(self.nodes).all():
             bad = np.flatnonzero(~np.isfinite(self.nodes).all(axis=1))[0]
-            entity = int(np.searchsorted(self.node_offsets, bad, side="right") - 1)
+            entity = first_entity + int(np.searchsorted(self.node_offsets, bad, side="right") - 1)
             raise GjpError(f"{where}: entity {entity} has a vertex with a coordinate that is not finite")
         counts = np.diff(self.node_offsets)
         for edges, offsets, name in ((self.geometry_edges, self.geometry_offsets, "geometry"),

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gjp.embedders.baselines import EMBEDDERS
-from gjp.embeddings import write_embeddings
+from gjp.embeddings import EmbeddingsWriter
 from gjp.errors import GjpError
-from gjp.io import check_output_free
+from gjp.io import check_output_free, hdf5_output
 from gjp.tasks.files import task_dataset
 from gjp.ui import QUIET, Reporter
 
@@ -40,7 +40,9 @@ def embed(model: str, dataset: str | Path = "dataset.h5", output: str | Path | N
           task: str | Path | None = None, overwrite: bool = False, reporter: Reporter = QUIET,
           **options) -> EmbedStepReport:
     """Embed every tile of ``dataset`` (or of ``task``'s inputs) with ``model``: a name of
-    :data:`EMBEDDERS`, or a GeoJEPA run directory (``runs/NAME/``)."""
+    :data:`EMBEDDERS`, or a GeoJEPA run directory (``runs/NAME/``). The dataset is read
+    and the vectors written block by block (``block_tiles`` tiles at a time, default
+    :data:`gjp.embedders.baselines.BLOCK_TILES`), so memory does not grow with it."""
     embedder = EMBEDDERS.get(model)
     if embedder is None and (Path(model) / "config.json").exists():
         from gjp.embedders.geojepa import geojepa_embeddings
@@ -58,8 +60,12 @@ def embed(model: str, dataset: str | Path = "dataset.h5", output: str | Path | N
     result = embedder(Path(dataset), reporter=reporter, **options)
     if len(result.names) == 0:
         raise GjpError(f"{dataset}: {model} has nothing to embed (no tile has its input)")
-    write_embeddings(output, result.names, result.vectors, model=model, dataset=str(dataset), task=task_name,
-                     params=result.params, entity_offsets=result.entity_offsets,
-                     entity_vectors=result.entity_vectors, entity_osm_type=result.entity_osm_type,
-                     entity_osm_id=result.entity_osm_id, overwrite=overwrite)
-    return EmbedStepReport(len(result.names), int(result.vectors.shape[1]), result.skipped, output, model)
+    # block by block into the file: a failure, or Ctrl-C, leaves no partial output
+    with hdf5_output(output, overwrite) as f:
+        writer = EmbeddingsWriter(f, output, result.names, model=model, dataset=str(dataset), task=task_name,
+                                  params=result.params, entities=result.entities)
+        for block in result.blocks():
+            writer.append(block.vectors, block.entity_counts, block.entity_vectors, block.entity_osm_type,
+                          block.entity_osm_id)
+        writer.finish()
+    return EmbedStepReport(len(result.names), int(writer.dim), result.skipped, output, model)

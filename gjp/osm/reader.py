@@ -10,11 +10,24 @@ Two streaming passes with pyosmium's ``FileProcessor``:
 
 Untagged nodes are dropped by a C++ filter before they reach Python (their locations are
 still indexed). Entities are yielded in chunks so that country-sized files stream.
+
+What grows with the input stays out of Python objects: relations, their flattened members
+and the geometry of the member ways go to an SQLite file in a scratch directory (its page
+cache is bounded), and the ids of the needed member ways are one sorted ``array`` (8 bytes
+each). pyosmium itself holds the node-location index and, until their relations come, the
+member ways of multipolygons (a bare pass with areas holds as much).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sqlite3
+import tempfile
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -109,25 +122,42 @@ def _tag_pairs(taglist):
 
 def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
              node_index: str = "flex_mem", chunk_size: int = 200_000,
-             report: ReadReport | None = None, reporter: Reporter = QUIET) -> Iterator[Entities]:
+             report: ReadReport | None = None, reporter: Reporter = QUIET,
+             scratch_dir: str | Path | None = None) -> Iterator[Entities]:
     """Yield the entities of one OSM file (``.osm.pbf``, ``.osm``, ``.osm.bz2``) in chunks.
 
     ``file_format`` is pyosmium's format string (``"pbf"``, ``"osm.bz2"``…); empty means
-    "guess from the file name". pyosmium errors (corrupt or truncated files) propagate as
-    ``RuntimeError``.
+    "guess from the file name". Chunks hold at most ``chunk_size`` entities, and chunks of
+    relations at most ``chunk_size`` member geometries. The relation store is written in
+    ``scratch_dir`` (a temporary directory when not given) and removed at the end.
+    pyosmium errors (corrupt or truncated files) propagate as ``RuntimeError``.
     """
     report = report if report is not None else ReadReport()
+    with ExitStack() as stack:
+        if scratch_dir is None:
+            scratch_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="gjp-relations-"))
+        store = stack.enter_context(_RelationStore(Path(scratch_dir)))
+        yield from _read(path, tag_filter, file_format, node_index, chunk_size, report, reporter, store)
+
+
+def _read(path, tag_filter, file_format, node_index, chunk_size, report, reporter, store) -> Iterator[Entities]:
     name = Path(path).name
 
     def source():
         return osmium.io.File(str(path), file_format)
 
-    relations = _scan_relations(source(), tag_filter)
+    _scan_relations(source(), tag_filter, store)
+    need_ways = store.member_way_ids()
+    n_need = len(need_ways)
+
+    def needed(way_id: int) -> bool:
+        i = bisect_left(need_ways, way_id)
+        return i < n_need and need_ways[i] == way_id
+
     wkb = osmium.geom.WKBFactory()
     apply_filter = tag_filter.apply
-    need_ways = relations.member_ways
-    member_way_geoms: dict[int, tuple[object, bool]] = {}
-    assembled: set[int] = set()
+    member_ways: dict[int, tuple[object, bool]] = {}
+    assembled = 0
 
     processor = (osmium.FileProcessor(source()).with_locations(node_index).with_areas()
                  .with_filter(osmium.filter.EmptyTagFilter().enable_for(osmium.osm.NODE)))
@@ -145,12 +175,12 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
                 chunk.append(NODE, obj.id, POINT, tags, (loc.lon, loc.lat))
                 report.points += 1
         elif obj.is_way():
-            needed = obj.id in need_ways
             raw_tags = obj.tags
-            if not needed and not raw_tags:
+            is_member = bool(n_need) and needed(obj.id)
+            if not is_member and not raw_tags:
                 continue
             tags = apply_filter(_tag_pairs(raw_tags))
-            if not tags and not needed:
+            if not tags and not is_member:
                 continue
             polygon = obj.is_closed() and len(obj.nodes) >= 4 and is_area(tags)
             try:
@@ -164,38 +194,43 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
                         report.ways_repaired += 1
             if geometry is None:
                 continue
-            if needed:
-                member_way_geoms[obj.id] = (geometry, polygon)
+            if is_member:
+                member_ways[obj.id] = (geometry, polygon)
+                if len(member_ways) >= chunk_size:
+                    store.add_member_ways(_member_way_geometries(member_ways, report))
+                    member_ways = {}
             if tags:
                 chunk.append(WAY, obj.id, POLYGON if polygon else LINE, tags, geometry)
         elif obj.is_area():
             if obj.from_way():
                 continue  # closed ways are handled above, by OSM's area convention
             rel_id = obj.orig_id()
-            if rel_id not in relations.area_tags:
+            tags = store.area_tags(rel_id)
+            if tags is None:
                 continue
             try:
                 geometry = wkb.create_multipolygon(obj)
             except (osmium.InvalidLocationError, RuntimeError):
                 continue
-            assembled.add(rel_id)
-            chunk.append(RELATION, rel_id, MULTIPOLYGON, relations.area_tags[rel_id], geometry)
+            assembled += 1
+            chunk.append(RELATION, rel_id, MULTIPOLYGON, tags, geometry)
         if len(chunk.osm_id) >= chunk_size:
             yield _finish(chunk, report)
             chunk = _Chunk()
     bar.update(seen % 8192)
     bar.close()
+    store.add_member_ways(_member_way_geometries(member_ways, report))
+    del member_ways
 
-    report.area_relations_skipped += len(relations.area_tags) - len(assembled)
+    report.area_relations_skipped += store.n_area_relations - assembled
     locations = processor.node_location_storage
-    way_geometry = _member_way_geometries(member_way_geoms, report)
-    for rel_id in sorted(relations.other_tags):
+    n_parts = 0
+    for rel_id, tags, incomplete, members in store.other_relations():
         parts = []
-        members = relations.flat_members[rel_id]
-        for mtype, ref in members:
+        for mtype, ref, way_wkb in members:
             if mtype == "w":
-                if ref in way_geometry:
-                    parts.append(way_geometry[ref])
+                if way_wkb is not None:
+                    parts.append(way_wkb)
             else:
                 # member nodes, tagged or not, are all in the node-location index
                 try:
@@ -206,61 +241,149 @@ def read_osm(path: str | Path, tag_filter: TagFilter, *, file_format: str = "",
         if not parts:
             report.relations_skipped += 1
             continue
-        if len(parts) < len(members) or relations.incomplete[rel_id]:
+        if len(parts) < len(members) or incomplete:
             report.relations_repaired += 1
-        chunk.append(RELATION, rel_id, COLLECTION, relations.other_tags[rel_id], shapely.GeometryCollection(parts))
+        chunk.append(RELATION, rel_id, COLLECTION, tags, shapely.GeometryCollection(_decode_parts(parts)))
+        n_parts += len(parts)
+        # a relation chunk is bounded by its member geometries (a route has hundreds)
+        if len(chunk.osm_id) >= chunk_size or n_parts >= chunk_size:
+            yield _finish(chunk, report)
+            chunk, n_parts = _Chunk(), 0
     if chunk.osm_id:
         yield _finish(chunk, report)
 
 
-@dataclass
-class _Relations:
-    area_tags: dict[int, dict[str, str]]
-    other_tags: dict[int, dict[str, str]]
-    flat_members: dict[int, list[tuple[str, int]]]
-    incomplete: dict[int, bool]
-    member_ways: set[int]
+def _decode_parts(parts: list) -> list:
+    """Member ways come from the store as WKB, member nodes as points."""
+    is_wkb = [isinstance(p, bytes) for p in parts]
+    if any(is_wkb):
+        decoded = iter(shapely.from_wkb([p for p, w in zip(parts, is_wkb) if w]))
+        parts = [next(decoded) if w else p for p, w in zip(parts, is_wkb)]
+    return parts
 
 
-def _scan_relations(path, tag_filter: TagFilter) -> _Relations:
-    members: dict[int, tuple[tuple[str, int], ...]] = {}
-    area_tags: dict[int, dict[str, str]] = {}
-    other_tags: dict[int, dict[str, str]] = {}
+_MEMBER_TYPE = {"n": 0, "w": 1, "r": 2}
+_MEMBER_TYPE_NAME = "nwr"
+
+
+class _RelationStore:
+    """Relations, their members and the geometry of the needed member ways, in SQLite.
+
+    ``relations``: every relation's id, whether it is an area, its tags (JSON, in order;
+    NULL when none is left); ``members``: every relation's members as in the file; ``flat``:
+    the node and way members of the other (non-area) relations, nested ones followed, and
+    ``incomplete`` those where a member relation was missing; ``ways``: the final geometry
+    (WKB) of their member ways."""
+
+    def __init__(self, scratch_dir: Path):
+        handle, name = tempfile.mkstemp(prefix="relations-", suffix=".sqlite", dir=scratch_dir)
+        os.close(handle)
+        self.path = Path(name)
+        self.db = sqlite3.connect(self.path)
+        # a scratch file: nothing to recover after a crash
+        self.db.executescript("""
+            PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+            CREATE TABLE relations (id INTEGER PRIMARY KEY, area INTEGER, tags TEXT);
+            CREATE TABLE incomplete (id INTEGER PRIMARY KEY);
+            CREATE TABLE members (rel INTEGER, pos INTEGER, type INTEGER, ref INTEGER,
+                                  PRIMARY KEY (rel, pos)) WITHOUT ROWID;
+            CREATE TABLE flat (rel INTEGER, pos INTEGER, type INTEGER, ref INTEGER,
+                               PRIMARY KEY (rel, pos)) WITHOUT ROWID;
+            CREATE TABLE ways (id INTEGER PRIMARY KEY, wkb BLOB);
+        """)
+        self.n_area_relations = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.db.close()
+        self.path.unlink(missing_ok=True)
+
+    def add_relations(self, relations: list, members: list) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO relations VALUES (?, ?, ?)", relations)
+        self.db.executemany("INSERT OR REPLACE INTO members VALUES (?, ?, ?, ?)", members)
+
+    def members(self, rel_id: int) -> list[tuple[str, int]]:
+        rows = self.db.execute("SELECT type, ref FROM members WHERE rel = ? ORDER BY pos", (rel_id,))
+        return [(_MEMBER_TYPE_NAME[t], ref) for t, ref in rows]
+
+    def has_relation(self, rel_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM relations WHERE id = ?", (rel_id,)).fetchone() is not None
+
+    def area_tags(self, rel_id: int) -> dict[str, str] | None:
+        row = self.db.execute("SELECT tags FROM relations WHERE id = ? AND area = 1 AND tags IS NOT NULL", (rel_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def add_member_ways(self, geometries: dict[int, object]) -> None:
+        if geometries:
+            ids = list(geometries)
+            blobs = shapely.to_wkb(np.array([geometries[i] for i in ids], dtype=object))
+            self.db.executemany("INSERT OR REPLACE INTO ways VALUES (?, ?)", zip(ids, blobs))
+
+    def member_way_ids(self) -> array:
+        ids = array("q")
+        for (ref,) in self.db.execute("SELECT DISTINCT ref FROM flat WHERE type = 1 ORDER BY ref"):
+            ids.append(ref)
+        return ids
+
+    def other_relations(self):
+        """``(id, tags, incomplete, [(type, ref, way WKB or None), …])`` in id order."""
+        rels = self.db.cursor()
+        rels.execute("SELECT r.id, r.tags, i.id IS NOT NULL FROM relations r LEFT JOIN incomplete i ON i.id = r.id "
+                     "WHERE r.area = 0 AND r.tags IS NOT NULL ORDER BY r.id")
+        for rel_id, tags, incomplete in rels:
+            members = self.db.execute(
+                "SELECT f.type, f.ref, w.wkb FROM flat f LEFT JOIN ways w ON f.type = 1 AND w.id = f.ref "
+                "WHERE f.rel = ? ORDER BY f.pos", (rel_id,)).fetchall()
+            yield rel_id, json.loads(tags), bool(incomplete), [(_MEMBER_TYPE_NAME[t], ref, g) for t, ref, g in members]
+
+
+def _scan_relations(path, tag_filter: TagFilter, store: _RelationStore) -> None:
+    """Store every relation's members, the tags of the area relations and of the other
+    tagged relations, and the flattened node and way members of the latter."""
+    relations, members = [], []
+    n_area = 0
     for rel in osmium.FileProcessor(path, osmium.osm.RELATION):
-        members[rel.id] = tuple((m.type, m.ref) for m in rel.members)
+        members += [(rel.id, pos, _MEMBER_TYPE[m.type], m.ref) for pos, m in enumerate(rel.members)]
         tags = tag_filter.apply(_tag_pairs(rel.tags))
-        if tags.get("type") in AREA_RELATION_TYPES:
-            if tags.get("type") == "multipolygon":
-                del tags["type"]  # structural: the entity's kind already says it
-            if tags:
-                area_tags[rel.id] = tags
-        elif tags:
-            other_tags[rel.id] = tags
+        area = tags.get("type") in AREA_RELATION_TYPES
+        if tags.get("type") == "multipolygon":
+            del tags["type"]  # structural: the entity's kind already says it
+        n_area += area and bool(tags)
+        # every relation gets a row (nested relations are looked up); no tags: no entity
+        relations.append((rel.id, int(area), json.dumps(tags) if tags else None))
+        if len(members) >= 100_000 or len(relations) >= 100_000:
+            store.add_relations(relations, members)
+            relations, members = [], []
+    store.add_relations(relations, members)
+    store.n_area_relations = n_area
 
-    flat: dict[int, list[tuple[str, int]]] = {}
-    incomplete: dict[int, bool] = {}
-    member_ways: set[int] = set()
-    for rel_id in other_tags:
+    flat_rows = []
+    for (rel_id,) in store.db.cursor().execute(
+            "SELECT id FROM relations WHERE area = 0 AND tags IS NOT NULL ORDER BY id"):
         out: list[tuple[str, int]] = []
-        missing = _flatten(rel_id, members, out, {rel_id}, 0)
-        flat[rel_id] = out
-        incomplete[rel_id] = missing
-        member_ways.update(ref for mtype, ref in out if mtype == "w")
-    return _Relations(area_tags, other_tags, flat, incomplete, member_ways)
+        if _flatten(rel_id, store, out, {rel_id}, 0):
+            store.db.execute("INSERT OR REPLACE INTO incomplete VALUES (?)", (rel_id,))
+        flat_rows += [(rel_id, pos, _MEMBER_TYPE[t], ref) for pos, (t, ref) in enumerate(out)]
+        if len(flat_rows) >= 100_000:
+            store.db.executemany("INSERT OR REPLACE INTO flat VALUES (?, ?, ?, ?)", flat_rows)
+            flat_rows = []
+    store.db.executemany("INSERT OR REPLACE INTO flat VALUES (?, ?, ?, ?)", flat_rows)
 
 
-def _flatten(rel_id, members, out, visiting, depth) -> bool:
+def _flatten(rel_id, store, out, visiting, depth) -> bool:
     """Append the node and way members of ``rel_id`` (following member relations) to
     ``out``; return whether a member relation was missing from the file."""
     missing = False
-    for mtype, ref in members[rel_id]:
+    for mtype, ref in store.members(rel_id):
         if mtype in ("n", "w"):
             out.append((mtype, ref))
-        elif ref in members and ref not in visiting and depth < MAX_RELATION_DEPTH:
-            visiting.add(ref)
-            missing |= _flatten(ref, members, out, visiting, depth + 1)
-        elif ref not in members:
+        elif not store.has_relation(ref):
             missing = True
+        elif ref not in visiting and depth < MAX_RELATION_DEPTH:
+            visiting.add(ref)
+            missing |= _flatten(ref, store, out, visiting, depth + 1)
     return missing
 
 

@@ -8,13 +8,18 @@ pieces, not with the size of the bounding range. Clipped pieces stay separate pa
 polygons keep their holes. Pieces that only touch a tile (a shared border, a corner) are
 not assigned to it.
 
-Rows are spilled to a few bucket files by group while reading (so memory stays bounded on
-country-sized inputs), then each bucket is sorted, de-duplicated across inputs, filtered by
-entity count per tile, and written as one GeoParquet file per group.
+Rows are spilled to bucket files by group while reading, then each bucket is sorted,
+de-duplicated across inputs, filtered by entity count per tile, and written as one
+GeoParquet file per group. Memory is bounded by settings, not by the input: entities are
+read and tiled ``_CHUNK_SIZE`` at a time, at most ``_SPILL_BUFFER_ROWS`` rows wait for a
+spill, and a bucket of more than ``_BUCKET_ROWS`` rows is split again by group before it is
+finished in memory (only a single group larger than that stays whole). What still grows
+is the reader's (:mod:`gjp.osm.reader`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from dataclasses import dataclass, field
@@ -31,7 +36,7 @@ from gjp.geoparquet import BASE_SCHEMA, BBOX_FIELDS, FORMAT, FORMAT_VERSION, wri
 from gjp.io import atomic_directory, provenance
 from gjp.kinds import COLLECTION, KINDS, OSM_TYPES
 from gjp.osm.reader import NODE_INDEX_TYPES, Entities, ReadReport, read_osm
-from gjp.parallel import executor
+from gjp.parallel import LocalPool, executor
 from gjp.sniff import OSM_FORMATS, sniff
 from gjp.tagfilter import TagFilter
 from gjp.ui import QUIET, Reporter
@@ -44,8 +49,15 @@ _SPILL_SCHEMA = pa.schema([
     *((name, pa.float64()) for name in BBOX_FIELDS),
 ])
 _SPILL_BYTES_PER_BUCKET = 32 * 2**20
-#: Entities read and tiled at a time (bounds memory together with the spill buckets).
-_CHUNK_SIZE = 200_000
+#: Entities read and tiled at a time: their shapely geometries, tag dicts and clipped
+#: pieces are the largest Python objects of the read phase (~2 kB an entity).
+_CHUNK_SIZE = 20_000
+#: Rows collected from several chunks before they are written to the buckets (fewer,
+#: larger row groups in the spill files), ~0.5 kB a row in Arrow.
+_SPILL_BUFFER_ROWS = 50_000
+#: Rows a bucket may hold to be finished in memory (~1 kB a row at its peak); larger
+#: buckets are split by group first.
+_BUCKET_ROWS = 100_000
 #: Entities spanning at most this many tiles are clipped in one vectorised pass.
 _SMALL_RANGE = 16
 
@@ -115,9 +127,12 @@ def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = gr
              overwrite: bool = False, reporter: Reporter = QUIET) -> TileReport:
     """Tile OSM files into ``output_dir/14_X_Y.parquet`` group files (see module doc).
 
-    The inputs are read here, one after the other; the buckets are finished on ``workers``
-    threads, or on the Dask cluster at ``scheduler`` (which must then see the output's
-    directory under the same path: the spill files are staged beside the output)."""
+    Each input is read and spilled by a job of its own, then each bucket (its inputs'
+    files joined in input order) is finished by a job; the jobs run on ``workers`` threads,
+    or on the Dask cluster at ``scheduler`` (which must then see the inputs and the
+    output's directory under the same paths: the spill files are staged beside the output).
+    With ``workers`` > 1, that many inputs are read at once: peak memory is about
+    ``workers`` times one reader's."""
     if not 2 <= zoom <= 24:
         raise GjpError(f"--zoom must be between 2 and 24, got {zoom}")
     check_node_index(node_index)
@@ -136,24 +151,33 @@ def tile_osm(inputs: list[str | Path], output_dir: str | Path, *, zoom: int = gr
     with executor(workers, scheduler) as pool, atomic_directory(output_dir, overwrite) as staging:
         spill_dir = staging / ".spill"
         spill_dir.mkdir()
-        writers: dict[int, pq.ParquetWriter] = {}
-        try:
-            for source, (path, fmt) in enumerate(checked):
-                try:
-                    chunks = read_osm(path, tag_filter, file_format=fmt, node_index=node_index,
-                                      chunk_size=_CHUNK_SIZE, report=report.read, reporter=reporter)
-                    for entities in chunks:
-                        rows = assign_tiles(entities, zoom, source)
-                        report.rows += rows.num_rows
-                        _spill(rows, n_buckets, spill_dir, writers)
-                except RuntimeError as err:
-                    raise GjpError(f"{path}: corrupt or truncated OSM file ({err})") from err
-        finally:
-            for w in writers.values():
-                w.close()
-        buckets = sorted(writers)
-        jobs = [(pool.path(spill_dir / f"{b}.parquet"), pool.path(staging), zoom, min_entities, max_entities,
-                 meta) for b in buckets]
+        # jobs run one by one in this thread: the reader's own bar, as it always showed;
+        # elsewhere (threads, a cluster) one bar over the files, here
+        inline = isinstance(pool, LocalPool) and min(pool.workers, len(checked)) <= 1
+        read_jobs = []
+        for source, (path, fmt) in enumerate(checked):
+            index, own_index = _node_index_of(node_index, source, len(checked), pool.path)
+            read_jobs.append(_ReadJob(
+                source=source, path=pool.path(path), file_format=fmt, node_index=index,
+                own_node_index_file=own_index, tag_filter=tag_filter, zoom=zoom, n_buckets=n_buckets,
+                spill_dir=pool.path(spill_dir / f"src{source}"), reporter=reporter if inline else QUIET))
+        bar = QUIET.progress() if inline else reporter.progress(total=len(read_jobs), desc="reading", unit=" file")
+        read_results = list(pool.map(_read_extract, read_jobs, bar))
+        bar.close()
+        for read in read_results:
+            report.read.add(read.report)
+            report.rows += read.rows
+        _release_freed_memory()
+        paths = []
+        for b in sorted(set().union(*(read.bucket_rows for read in read_results))):
+            sources = [job.source for job, read in zip(read_jobs, read_results) if b in read.bucket_rows]
+            bucket = spill_dir / f"{b}.parquet"
+            _join_sources([spill_dir / f"src{i}" / f"{b}.parquet" for i in sources], bucket)
+            n_rows = sum(read.bucket_rows.get(b, 0) for read in read_results)
+            paths += _split_bucket(bucket, b, n_buckets, n_rows)
+        for job in read_jobs:
+            (spill_dir / f"src{job.source}").rmdir()
+        jobs = [(pool.path(p), pool.path(staging), zoom, min_entities, max_entities, meta) for p in paths]
         bar = reporter.progress(total=len(jobs), desc="writing groups", unit=" bucket")
         results = list(pool.map(_finish_bucket, jobs, bar))
         bar.close()
@@ -354,21 +378,168 @@ def _split_collection(collection, n_tiles: int) -> list:
 
 # --------------------------------------------------------------------------- spill and finish
 
-def _bucket_of(tile_x: np.ndarray, tile_y: np.ndarray, n_buckets: int) -> np.ndarray:
+def _group_hash(tile_x: np.ndarray, tile_y: np.ndarray) -> np.ndarray:
     gx = (tile_x >> grid.GROUP_LEVELS).astype(np.int64)
     gy = (tile_y >> grid.GROUP_LEVELS).astype(np.int64)
-    return ((gx * 73856093) ^ (gy * 19349663)) % n_buckets
+    return (gx * 73856093) ^ (gy * 19349663)
 
 
-def _spill(rows: pa.Table, n_buckets: int, spill_dir: Path, writers: dict) -> None:
-    bucket = _bucket_of(rows.column("tile_x").to_numpy(), rows.column("tile_y").to_numpy(), n_buckets)
-    for b in np.unique(bucket):
-        part = rows.filter(pa.array(bucket == b))
-        writer = writers.get(int(b))
+def _bucket_of(tile_x: np.ndarray, tile_y: np.ndarray, n_buckets: int) -> np.ndarray:
+    return _group_hash(tile_x, tile_y) % n_buckets
+
+
+class _Spill:
+    """Rows of many chunks, buffered, then appended to the bucket files of their groups."""
+
+    def __init__(self, spill_dir: Path, n_buckets: int):
+        self.spill_dir, self.n_buckets = spill_dir, n_buckets
+        self.writers: dict[int, pq.ParquetWriter] = {}
+        self.rows: dict[int, int] = {}  # rows written to each bucket
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+
+    def add(self, rows: pa.Table) -> None:
+        self.buffer.append(rows)
+        self.buffered += rows.num_rows
+        if self.buffered >= _SPILL_BUFFER_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        rows = pa.concat_tables(self.buffer)
+        self.buffer, self.buffered = [], 0
+        bucket = _bucket_of(rows.column("tile_x").to_numpy(), rows.column("tile_y").to_numpy(), self.n_buckets)
+        _write_partitions(rows, bucket, self.writers, self.rows, lambda b: self.spill_dir / f"{b}.parquet")
+
+    def close(self) -> None:
+        for w in self.writers.values():
+            w.close()
+
+
+@dataclass(frozen=True)
+class _ReadJob:
+    """One input extract to read and spill into its own bucket files (picklable, for Dask)."""
+
+    source: int          # the input's position: kept in the rows, orders the join
+    path: Path
+    file_format: str
+    node_index: str
+    own_node_index_file: bool  # a file gjp names for this input, removed after reading
+    tag_filter: TagFilter
+    zoom: int
+    n_buckets: int
+    spill_dir: Path      # staging/.spill/src{source}
+    reporter: Reporter   # QUIET unless the job runs in the gjp process's own thread
+
+
+@dataclass
+class _ReadResult:
+    report: ReadReport
+    rows: int                    # (entity, tile) rows spilled
+    bucket_rows: dict[int, int]  # rows in each bucket file of this input
+
+
+def _read_extract(job: _ReadJob) -> _ReadResult:
+    """Read one extract, tile its entities and spill the rows to ``job.spill_dir/{bucket}.parquet``."""
+    read = _ReadResult(ReadReport(), 0, {})
+    job.spill_dir.mkdir()
+    spill = _Spill(job.spill_dir, job.n_buckets)
+    try:
+        try:
+            chunks = read_osm(job.path, job.tag_filter, file_format=job.file_format, node_index=job.node_index,
+                              chunk_size=_CHUNK_SIZE, report=read.report, reporter=job.reporter)
+            for entities in chunks:
+                rows = assign_tiles(entities, job.zoom, job.source)
+                read.rows += rows.num_rows
+                spill.add(rows)
+        except RuntimeError as err:
+            raise GjpError(f"{job.path}: corrupt or truncated OSM file ({err})") from err
+        spill.flush()
+    finally:
+        spill.close()
+        if job.own_node_index_file:
+            Path(job.node_index.partition(",")[2]).unlink(missing_ok=True)
+    read.bucket_rows = spill.rows
+    _release_freed_memory()  # before this worker's next job (on a cluster, a bucket's)
+    return read
+
+
+def _node_index_of(node_index: str, source: int, n_inputs: int, as_seen_by_jobs) -> tuple[str, bool]:
+    """The node index of one input's job, and whether its file is gjp's own. A file-backed
+    index gets a file per input when there are several (jobs may read at once, and pyosmium
+    would also find another input's nodes in a reused file); one input keeps the file as
+    named, and that file is left, as always."""
+    kind, _, file = node_index.partition(",")
+    if not file:
+        return node_index, False
+    if n_inputs == 1:
+        return f"{kind},{as_seen_by_jobs(Path(file))}", False
+    return f"{kind},{as_seen_by_jobs(Path(f'{file}.src{source}'))}", True
+
+
+def _join_sources(parts: list[Path], bucket: Path) -> None:
+    """One bucket's per-input files joined into ``bucket`` in input order, a row group at a
+    time: its rows then come in the order of reading the inputs one after the other."""
+    if len(parts) == 1:
+        parts[0].rename(bucket)
+        return
+    with pq.ParquetWriter(bucket, _SPILL_SCHEMA, compression="lz4") as writer:
+        for part in parts:
+            with pq.ParquetFile(part) as rows:
+                for i in range(rows.num_row_groups):
+                    writer.write_table(rows.read_row_group(i))
+            part.unlink()
+
+
+def _release_freed_memory() -> None:
+    """Hand what the read phase freed back to the system before the buckets are finished:
+    Arrow's pool and glibc keep freed memory for reuse, which the finishing (other sizes,
+    other allocator) rarely gets, so the two phases' peaks would add up."""
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
+
+
+def _write_partitions(rows: pa.Table, part: np.ndarray, writers: dict, counts: dict, path_of) -> None:
+    """Append each partition of ``rows`` to its file, keeping the rows' order in each."""
+    order = np.argsort(part, kind="stable")
+    sorted_part = part[order]
+    starts = np.flatnonzero(np.r_[True, sorted_part[1:] != sorted_part[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    rows = rows.take(pa.array(order))
+    for s, e in zip(starts, ends):
+        p = int(sorted_part[s])
+        writer = writers.get(p)
         if writer is None:
-            writer = writers[int(b)] = pq.ParquetWriter(spill_dir / f"{int(b)}.parquet", _SPILL_SCHEMA,
-                                                        compression="lz4")
-        writer.write_table(part)
+            writer = writers[p] = pq.ParquetWriter(path_of(p), _SPILL_SCHEMA, compression="lz4")
+        writer.write_table(rows.slice(s, e - s))
+        counts[p] = counts.get(p, 0) + int(e - s)
+
+
+def _split_bucket(path: Path, bucket: int, n_buckets: int, n_rows: int) -> list[Path]:
+    """The bucket file itself when it is small enough to finish in memory, otherwise its
+    rows split by group into parts of about ``_BUCKET_ROWS``, a row group at a time."""
+    n_parts = -(-n_rows // _BUCKET_ROWS)
+    if n_parts <= 1:
+        return [path]
+    writers: dict[int, pq.ParquetWriter] = {}
+    counts: dict[int, int] = {}
+    try:
+        spilled = pq.ParquetFile(path)
+        for i in range(spilled.num_row_groups):
+            rows = spilled.read_row_group(i)
+            # the bucket's own hash, divided by n_buckets: a fresh split of its groups
+            h = _group_hash(rows.column("tile_x").to_numpy(), rows.column("tile_y").to_numpy())
+            _write_partitions(rows, (h // n_buckets) % n_parts, writers, counts,
+                              lambda p: path.with_name(f"{bucket}.{p}.parquet"))
+    finally:
+        for w in writers.values():
+            w.close()
+    path.unlink()
+    return [path.with_name(f"{bucket}.{p}.parquet") for p in sorted(writers)]
 
 
 def _finish_bucket(job) -> dict[str, int]:

@@ -75,25 +75,35 @@ class GeoJepaTrainConfig:
 # --------------------------------------------------------------------------- building
 
 def tile_splits(dataset: str | Path, splits: str | Path, all_tiles: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(train tiles, val tiles) of ``dataset`` by the group splits; never a test group."""
-    from gjp.dataset.format import decode, open_dataset
+    """(train tiles, val tiles) of one dataset file by the group splits; never a test group."""
+    train, val = _shard_splits(dataset, _read_splits(splits, all_tiles))
+    if not len(train):
+        raise GjpError(f"{splits}: no tile of {dataset} is in a train group")
+    return train, val
+
+
+def _read_splits(splits: str | Path, all_tiles: bool) -> dict[str, str] | None:
+    """Group → split (``None``: every tile is a train tile)."""
     from gjp.tasks.files import read_splits
 
-    with open_dataset(dataset) as f:
-        groups = decode(f["tiles/group"][()])
-    n = len(groups)
     if all_tiles:
-        everything = np.arange(n)
-        return everything, everything[:0]
+        return None
     path = Path(splits)
     if not path.exists():
         raise GjpError(f"{path}: no splits (make them with `gjp mktask`, or pretrain on every tile with --all-tiles)")
-    split_of = read_splits(path)
+    return read_splits(path)
+
+
+def _shard_splits(dataset: str | Path, split_of: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
+    from gjp.dataset.format import decode, open_dataset
+
+    with open_dataset(dataset) as f:
+        groups = decode(f["tiles/group"][()])
+    if split_of is None:
+        everything = np.arange(len(groups))
+        return everything, everything[:0]
     split = np.array([split_of.get(g, "test") for g in groups])  # a group without a split is held out
-    train, val = np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
-    if not len(train):
-        raise GjpError(f"{path}: no tile of {dataset} is in a train group")
-    return train, val
+    return np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
 
 
 def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_dim=None, model_config=None):
@@ -245,7 +255,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
 
     import torch
 
-    from gjp.dataset.loader import LengthGroupedBatchSampler, TileDataset
+    from gjp.dataset.loader import LengthGroupedBatchSampler
     from gjp.device import autocast, to_device
     from gjp.models.geojepa import TileJepa
     from gjp.pretrain.masks import MaskingCollator
@@ -254,33 +264,10 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     modalities = config.modality_set()
     check_output_free(output, overwrite, directory=True)
     started = time.perf_counter()
-    train_tiles, val_tiles = tile_splits(config.dataset, config.splits, config.all_tiles)
-    table = _tag_table(config.dataset, config.tag_embeddings) if "T" in modalities else None
-    encoder, geometry_run, geometry_file, image_file = None, None, None, None
-    if "G" in modalities:
-        from gjp.dataset.format import open_dataset
-        from gjp.dataset.geometry_tokens import GeometryTokenFile, ensure_geometry_tokens
-        from gjp.dataset.graphs import check_dataset_graphs
-        from gjp.embedders.geometry import load_polygnn
-
-        with open_dataset(config.dataset) as f:
-            check_dataset_graphs(f, config.dataset)
-        encoder, geometry_run = load_polygnn(config.geometry_encoder)
-        geometry_file = GeometryTokenFile(_shared_cache(
-            lambda r: ensure_geometry_tokens(config.dataset, config.geometry_encoder, device=device, reporter=r),
-            ranks, reporter))
-    if "I" in modalities:
-        from gjp.dataset.image_tokens import ImageTokenFile, ensure_image_tokens
-
-        image_file = ImageTokenFile(_shared_cache(
-            lambda r: ensure_image_tokens(config.dataset, config.image_backbone, config.image_weights,
-                                          device=device, reporter=r), ranks, reporter))
-    if image_file is not None and not modalities & {"T", "G"}:  # images alone: tiles without one have no token
-        train_tiles = train_tiles[image_file.rows[train_tiles] >= 0]
-        val_tiles = val_tiles[image_file.rows[val_tiles] >= 0]
-        if not len(train_tiles):
-            raise GjpError(f"{config.dataset}: no train tile has an image")
-    tokenizer, model, model_config = build_model(config, table, encoder, image_file.dim if image_file else None)
+    data = _open_data(config, modalities, device, ranks, reporter)
+    train_set, val_set, image_file, geometry_file = data.train, data.val, data.image_file, data.geometry_file
+    table = _tag_table(data.files[0], config.tag_embeddings) if "T" in modalities else None
+    tokenizer, model, model_config = build_model(config, table, data.encoder, image_file.dim if image_file else None)
     step_module = TileJepa(tokenizer, model).to(device)
     if config.compile:
         model.compile()  # in place: the state dict keeps its names
@@ -292,16 +279,12 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed, images=image_file is not None,
                                image_global=config.image_tokens == "patches+global",
                                entities=bool(modalities & {"T", "G"}))
-    caches = {"image_tokens": image_file.path if image_file is not None else None,
-              "geometry_tokens": geometry_file.path if geometry_file is not None else None}
-    train_set = TileDataset(config.dataset, train_tiles, **caches)
-    val_set = TileDataset(config.dataset, val_tiles, **caches)
     train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed,
                                               rank=ranks.rank, world=ranks.world)
     val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1,
                                             rank=ranks.rank, world=ranks.world, even=False)
     if not len(train_sampler):
-        raise GjpError(f"{config.dataset}: {len(train_tiles)} train tiles make no batch for each of "
+        raise GjpError(f"{config.dataset}: {len(train_set)} train tiles make no batch for each of "
                        f"{ranks.world} processes; use a smaller --batch-size")
     trainable = [p for p in step_module.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.95))
@@ -310,13 +293,13 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     total = steps_per_epoch * config.epochs
     run_config = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "geojepa",
                   "model_config": model_config.to_dict(), "preset": config.preset, "train": asdict(config),
-                  "geometry_config": geometry_run["model_config"] if geometry_run else None,
+                  "geometry_config": data.geometry_run["model_config"] if data.geometry_run else None,
                   "vocabulary": int(len(table)) if table is not None else None,
                   "tag_dim": int(table.shape[1]) if table is not None else None,
-                  "data": _provenance(config, modalities, geometry_file),
+                  "data": _provenance(config, data.files, modalities, geometry_file),
                   "image": image_file.describe() if image_file is not None else None,
                   "geometry_tokens": geometry_file.describe() if geometry_file is not None else None,
-                  "tiles": {"train": int(len(train_tiles)), "val": int(len(val_tiles))}, "device": device.type,
+                  "tiles": {"train": len(train_set), "val": len(val_set)}, "device": device.type,
                   "processes": ranks.world, "tiles_per_step": config.batch_size * config.accumulate * ranks.world,
                   "parameters": sum(p.numel() for p in trainable), "gjp_version": __version__,
                   "torch_version": torch.__version__, "command": command_line()}
@@ -389,7 +372,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
             step += 1
             bar.update()
             bar.set_postfix(loss=f"{train_loss:.4f}", epoch=epoch + 1)
-        if len(val_tiles):
+        if len(val_set):
             val_loss = _validation_loss(step_module, val_set, val_sampler, collator, epoch, device, ranks)
             metrics[-1]["val_loss"] = val_loss
         if epoch + 1 < config.epochs:
@@ -426,19 +409,89 @@ def _shared_cache(ensure, ranks, reporter) -> Path:
     return ensure(QUIET)
 
 
-def _provenance(config: GeoJepaTrainConfig, modalities: set[str], geometry_file) -> dict:
+def _provenance(config: GeoJepaTrainConfig, files: list[Path], modalities: set[str], geometry_file) -> dict:
     """What the run was trained on, beyond the paths in ``train``: the dataset's
-    fingerprint, the sha256 of the tag embeddings and of the geometry encoder's weights
-    (the key of its token cache)."""
+    fingerprint (one per shard), the sha256 of the tag embeddings and of the geometry
+    encoder's weights (the key of its token cache)."""
     import hashlib
 
     from gjp.dataset.image_tokens import dataset_fingerprint
 
-    data = {"dataset": dataset_fingerprint(config.dataset)}
+    prints = [dataset_fingerprint(f) for f in files]
+    data = {"dataset": prints[0] if len(prints) == 1 else prints}
     if "T" in modalities:
         data["tag_embeddings_sha256"] = hashlib.sha256(Path(config.tag_embeddings).read_bytes()).hexdigest()
     if geometry_file is not None:
         data["geometry_encoder_sha256"] = geometry_file.describe()["encoder_sha256"]
+    return data
+
+
+@dataclass
+class _Data:
+    """The train and val tiles of a run, over one dataset file or its shards."""
+
+    files: list[Path]
+    train: object                 # TileDataset, or TileShards over the shards
+    val: object
+    encoder: object = None        # the frozen geometry encoder (G)
+    geometry_run: dict | None = None
+    geometry_file: object = None  # the first shard's token caches: what they were made with
+    image_file: object = None
+
+
+def _open_data(config: GeoJepaTrainConfig, modalities: set[str], device, ranks, reporter) -> _Data:
+    """Splits, frozen-encoder token caches (computed once, by rank 0) and datasets, shard
+    by shard; a shard directory (``pack-h5 --shard-tiles``) gives one dataset over all."""
+    from gjp.dataset.format import dataset_files, open_dataset, read_vocabulary
+    from gjp.dataset.loader import TileDataset, TileShards
+
+    files = dataset_files(config.dataset)
+    if len(files) > 1 and "T" in modalities:
+        first = read_vocabulary(files[0]).entries
+        for other in files[1:]:
+            if read_vocabulary(other).entries != first:
+                raise GjpError(f"{other}: another vocabulary than {files[0]}'s: shards must share one")
+    split_of = _read_splits(config.splits, config.all_tiles)
+    data = _Data(files, [], [])
+    if "G" in modalities:
+        from gjp.embedders.geometry import load_polygnn
+
+        data.encoder, data.geometry_run = load_polygnn(config.geometry_encoder)
+    for path in files:
+        train_tiles, val_tiles = _shard_splits(path, split_of)
+        caches = {"image_tokens": None, "geometry_tokens": None}
+        if "G" in modalities:
+            from gjp.dataset.geometry_tokens import GeometryTokenFile, ensure_geometry_tokens
+            from gjp.dataset.graphs import check_dataset_graphs
+
+            with open_dataset(path) as f:
+                check_dataset_graphs(f, path)
+            geometry_file = GeometryTokenFile(_shared_cache(
+                lambda r, p=path: ensure_geometry_tokens(p, config.geometry_encoder, device=device, reporter=r),
+                ranks, reporter))
+            data.geometry_file = data.geometry_file or geometry_file
+            caches["geometry_tokens"] = geometry_file.path
+        if "I" in modalities:
+            from gjp.dataset.image_tokens import ImageTokenFile, ensure_image_tokens
+
+            image_file = ImageTokenFile(_shared_cache(
+                lambda r, p=path: ensure_image_tokens(p, config.image_backbone, config.image_weights,
+                                                      device=device, reporter=r), ranks, reporter))
+            data.image_file = data.image_file or image_file
+            caches["image_tokens"] = image_file.path
+            if not modalities & {"T", "G"}:  # images alone: tiles without one have no token
+                train_tiles = train_tiles[image_file.rows[train_tiles] >= 0]
+                val_tiles = val_tiles[image_file.rows[val_tiles] >= 0]
+        data.train.append(TileDataset(path, train_tiles, **caches))
+        data.val.append(TileDataset(path, val_tiles, **caches))
+    if not sum(len(d) for d in data.train):
+        if "I" in modalities and not modalities & {"T", "G"}:
+            raise GjpError(f"{config.dataset}: no train tile has an image")
+        raise GjpError(f"{config.splits}: no tile of {config.dataset} is in a train group")
+    if len(files) == 1:
+        data.train, data.val = data.train[0], data.val[0]
+    else:
+        data.train, data.val = TileShards(data.train), TileShards(data.val)
     return data
 
 

@@ -15,7 +15,6 @@ import csv
 import hashlib
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gjp import __version__
-from gjp.dataset.format import read_vocabulary
-from gjp.dataset.tags import RawTags
+from gjp.dataset.format import decode, open_dataset, read_vocabulary
+from gjp.dataset.tags import RawTags, raw_tag_blocks
 from gjp.errors import GjpError
 from gjp.io import atomic_directory, atomic_file, check_output_free, command_line, write_json
 from gjp.kinds import KINDS
@@ -89,9 +88,7 @@ def tile_labels(spec: TaskSpec, tags: RawTags) -> tuple[np.ndarray, np.ndarray, 
         return per_tile.astype(np.float64), np.ones(n, dtype=bool), counts
     if spec.rule == "any":
         return (per_tile > 0).astype(np.float64), np.ones(n, dtype=bool), counts
-    parse = parse_speed if spec.value_parse == "speed" else parse_number
-    parsed = np.array([parse(v) if v else None for v in tags.values], dtype=object)
-    number = np.array([np.nan if p is None else p for p in parsed], dtype=np.float64)
+    number = tags.strings.numbers(parse_speed if spec.value_parse == "speed" else parse_number)
     value_tags = tags.tags_where(spec.value_key, None) & matched[tags.entity_of_tag]
     values = number[tags.value_ids[value_tags]]
     tiles = tags.tile_of_entity[tags.entity_of_tag[value_tags]]
@@ -169,56 +166,92 @@ def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | 
     output = Path(output) if output is not None else Path("tasks") / name
     splits = Path(splits) if splits is not None else output.parent / "splits.csv"
     check_output_free(output, overwrite, directory=True)
-    tags = RawTags(dataset)
-    report = TaskReport(name=name, tiles=len(tags.tile_names))
-    labels, labelled, counts = tile_labels(spec, tags)
-    report.dropped_unparsed, report.dropped_missing = counts["dropped_unparsed"], counts["dropped_missing"]
-    labels = np.clip(labels, *spec.clamp)
-    zero = labelled & (labels == 0)
-    keep = labelled.copy()
-    for i in np.flatnonzero(zero):
-        keep[i] = _unit(seed, f"keep:{spec.name}", tags.tile_names[i]) < spec.keep_zero
-    report.labelled = int(labelled.sum())
-    report.pruned_zero = int((zero & ~keep).sum())
-    report.kept = int(keep.sum())
-    if report.kept == 0:
-        raise GjpError(f"{dataset}: task {spec.name}: no tile gets a label (nothing matches?)")
-    distinct = np.unique(labels[keep])
-    if len(distinct) == 1:
-        raise GjpError(f"{dataset}: task {spec.name}: every tile gets the label {distinct[0]:g}, nothing to "
-                       "learn (does the spec match any entity here?)")
-    split_of, splits_changed = load_or_make_splits(splits, tags.groups, seed)
-    kept = np.flatnonzero(keep)
-    rows = {"tile": [tags.tile_names[i] for i in kept], "group": [tags.groups[i] for i in kept],
-            "label": labels[kept], "split": [split_of[tags.groups[i]] for i in kept]}
-    stats = task_stats(spec, rows, report, masked, seed)
-    task_info = {"format": TASK_FORMAT, "format_version": TASK_VERSION,
-                 "task": spec.name, "masked": masked, "rule": spec.rule, "clamp": list(spec.clamp),
-                 "seed": seed, "gjp_version": __version__, "command": command_line(),
-                 "source_dataset": str(dataset.resolve()), "splits": str(splits)}
-    previous_splits = splits.read_bytes() if splits_changed and splits.exists() else None
-    splits_written = False
-    try:
-        with atomic_directory(output, overwrite) as staging:
-            pq.write_table(pa.table(rows, schema=LABELS_SCHEMA), staging / "labels.parquet")
-            if masked:
-                masked_counts = write_masked_dataset(spec, dataset, staging / "dataset.h5", kept, tags, reporter)
-                report.masked_tags, report.dropped_entities = masked_counts
-                stats["masked"] = {"tags_removed": report.masked_tags, "entities_dropped": report.dropped_entities}
-                task_info["dataset"] = "dataset.h5"
-            else:
-                task_info["dataset"] = os.path.relpath(dataset.resolve(), output.resolve().parent / output.name)
-            (staging / "spec.toml").write_text(spec.source, encoding="utf-8")
-            write_json(staging / "stats.json", stats)
-            write_json(staging / "task.json", task_info)
-            if splits_changed:  # the shared table last, and undone below if publishing fails
-                write_splits(splits, split_of)
-                splits_written = True
-    except BaseException:
-        if splits_written:
-            _restore(splits, previous_splits)
-        raise
+    with open_dataset(dataset) as f:
+        split_of, splits_changed = load_or_make_splits(splits, _groups(f), seed)
+        report = TaskReport(name=name, tiles=len(f["tiles/name"]))
+        task_info = {"format": TASK_FORMAT, "format_version": TASK_VERSION,
+                     "task": spec.name, "masked": masked, "rule": spec.rule, "clamp": list(spec.clamp),
+                     "seed": seed, "gjp_version": __version__, "command": command_line(),
+                     "source_dataset": str(dataset.resolve()), "splits": str(splits)}
+        previous_splits = splits.read_bytes() if splits_changed and splits.exists() else None
+        splits_written = False
+        try:
+            with atomic_directory(output, overwrite) as staging:
+                kept, labels, split = _write_labels(spec, f, staging / "labels.parquet", split_of, seed, report,
+                                                    reporter)
+                if report.kept == 0:
+                    raise GjpError(f"{dataset}: task {spec.name}: no tile gets a label (nothing matches?)")
+                distinct = np.unique(labels)
+                if len(distinct) == 1:
+                    raise GjpError(f"{dataset}: task {spec.name}: every tile gets the label {distinct[0]:g}, "
+                                   "nothing to learn (does the spec match any entity here?)")
+                stats = task_stats(spec, labels, split, report, masked, seed)
+                if masked:
+                    masked_counts = write_masked_dataset(spec, dataset, staging / "dataset.h5", kept, reporter)
+                    report.masked_tags, report.dropped_entities = masked_counts
+                    stats["masked"] = {"tags_removed": report.masked_tags,
+                                       "entities_dropped": report.dropped_entities}
+                    task_info["dataset"] = "dataset.h5"
+                else:
+                    task_info["dataset"] = os.path.relpath(dataset.resolve(), output.resolve().parent / output.name)
+                (staging / "spec.toml").write_text(spec.source, encoding="utf-8")
+                write_json(staging / "stats.json", stats)
+                write_json(staging / "task.json", task_info)
+                if splits_changed:  # the shared table last, and undone below if publishing fails
+                    write_splits(splits, split_of)
+                    splits_written = True
+        except BaseException:
+            if splits_written:
+                _restore(splits, previous_splits)
+            raise
     return report
+
+
+def _groups(f, block: int = 1 << 20) -> list[str]:
+    """The distinct groups of an open dataset, read a block at a time."""
+    groups: set[bytes] = set()
+    column = f["tiles/group"]
+    for start in range(0, len(column), block):
+        groups.update(np.unique(column[start:start + block]).tolist())
+    return sorted(g.decode() for g in groups)
+
+
+def _write_labels(spec: TaskSpec, f, path: Path, split_of: dict[str, str], seed: int, report: TaskReport,
+                  reporter: Reporter) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Label the tiles a block at a time, prune zero labels, and write ``labels.parquet``
+    as it goes. Returns the kept tiles' indices, labels and split codes (indices into
+    :data:`SPLITS`): the 17 bytes a tile that the statistics and the masked inputs need."""
+    kept, labels, splits = [], [], []
+    code = {s: np.uint8(i) for i, s in enumerate(SPLITS)}
+    bar = reporter.progress(total=report.tiles, desc=f"labelling {spec.name}", unit=" tile")
+    with pq.ParquetWriter(path, LABELS_SCHEMA) as writer:
+        for tags in raw_tag_blocks(f):
+            block_labels, labelled, counts = tile_labels(spec, tags)
+            report.dropped_unparsed += counts["dropped_unparsed"]
+            report.dropped_missing += counts["dropped_missing"]
+            block_labels = np.clip(block_labels, *spec.clamp)
+            zero = labelled & (block_labels == 0)
+            keep = labelled.copy()
+            for i in np.flatnonzero(zero):
+                keep[i] = _unit(seed, f"keep:{spec.name}", tags.tile_names[i]) < spec.keep_zero
+            report.labelled += int(labelled.sum())
+            report.pruned_zero += int((zero & ~keep).sum())
+            rows = np.flatnonzero(keep)
+            report.kept += len(rows)
+            block_split = [split_of[tags.groups[i]] for i in rows]
+            if len(rows):
+                writer.write_table(pa.table({"tile": [tags.tile_names[i] for i in rows],
+                                             "group": [tags.groups[i] for i in rows],
+                                             "label": block_labels[rows], "split": block_split},
+                                            schema=LABELS_SCHEMA))
+            kept.append(rows + tags.start)
+            labels.append(block_labels[rows])
+            splits.append(np.array([code[s] for s in block_split], dtype=np.uint8))
+            bar.update(len(tags.tile_names))
+    bar.close()
+    if not kept:
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.uint8)
+    return np.concatenate(kept), np.concatenate(labels), np.concatenate(splits)
 
 
 def _restore(path: Path, content: bytes | None) -> None:
@@ -230,14 +263,15 @@ def _restore(path: Path, content: bytes | None) -> None:
             tmp.write_bytes(content)
 
 
-def task_stats(spec: TaskSpec, rows: dict, report: TaskReport, masked: bool, seed: int) -> dict:
-    labels = np.asarray(rows["label"], dtype=np.float64)
-    split = np.asarray(rows["split"])
-    train = labels[split == "train"]
+def task_stats(spec: TaskSpec, labels: np.ndarray, split: np.ndarray, report: TaskReport, masked: bool,
+               seed: int) -> dict:
+    """``split`` holds indices into :data:`SPLITS`."""
+    labels = np.asarray(labels, dtype=np.float64)
+    train = labels[split == SPLITS.index("train")]
     median = float(np.median(train)) if len(train) else float(np.median(labels))
     per_split = {}
-    for name in SPLITS:
-        y = labels[split == name]
+    for i, name in enumerate(SPLITS):
+        y = labels[split == i]
         per_split[name] = {
             "n": int(len(y)),
             "mean": float(y.mean()) if len(y) else None, "std": float(y.std()) if len(y) else None,
@@ -245,9 +279,9 @@ def task_stats(spec: TaskSpec, rows: dict, report: TaskReport, masked: bool, see
             "zero_fraction": float((y == 0).mean()) if len(y) else None,
             "dummy_mae": float(np.abs(y - median).mean()) if len(y) else None,
         }
-    distinct = Counter(labels.tolist())
+    distinct, counts = np.unique(labels, return_counts=True)
     if len(distinct) <= 30:
-        distribution = {_label_text(k): v for k, v in sorted(distinct.items())}
+        distribution = {_label_text(k): int(v) for k, v in zip(distinct.tolist(), counts.tolist())}
     else:
         qs = (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)
         distribution = {f"q{int(q * 100)}": float(np.quantile(labels, q)) for q in qs}
@@ -266,19 +300,26 @@ def _label_text(value: float) -> str:
 # --------------------------------------------------------------------------- masked inputs
 
 def write_masked_dataset(spec: TaskSpec, source: Path, output: Path, tiles: np.ndarray,
-                         tags: RawTags | None = None, reporter: Reporter = QUIET) -> tuple[int, int]:
+                         reporter: Reporter = QUIET) -> tuple[int, int]:
     """The task's tiles of ``source`` without the tags ``spec.mask`` names (relation tags
     too: they are entity tags like any other), dropping entities left without tags. Same
-    format and vocabulary, so every later step reads it unchanged."""
+    format and vocabulary, so every later step reads it unchanged. Returns the tags
+    removed and the entities dropped."""
     from gjp.dataset.subset import subset_dataset
 
-    tags = tags if tags is not None else RawTags(source)
-    keys, values = tags.keys, tags.values
-    pairs = tags.key_ids.astype(np.int64) * len(values) + tags.value_ids
-    unique, inverse = np.unique(pairs, return_inverse=True)
-    removed_pair = np.array([spec.masks(keys[p // len(values)], values[p % len(values)]) for p in unique], bool)
-    keep_tag = ~removed_pair[inverse.reshape(-1)]
+    with open_dataset(source) as f:
+        keys, values = decode(f["strings/keys"][()]), decode(f["strings/values"][()])
+    removed_pair: dict[int, bool] = {}  # key id × values + value id → masked? (each pair asked once)
+
+    def keep_tags(key_ids: np.ndarray, value_ids: np.ndarray) -> np.ndarray:
+        pairs = key_ids.astype(np.int64) * len(values) + value_ids
+        unique, inverse = np.unique(pairs, return_inverse=True)
+        for p in unique.tolist():
+            if p not in removed_pair:
+                removed_pair[p] = spec.masks(keys[p // len(values)], values[p % len(values)])
+        removed = np.array([removed_pair[p] for p in unique.tolist()], dtype=bool)
+        return ~removed[inverse.reshape(-1)]
+
     vocab = read_vocabulary(source)
     extra = {"masked_task": spec.name, "mask": json.dumps(list(spec.mask))}
-    dropped = subset_dataset(source, output, tiles, keep_tag, vocab, extra, reporter)
-    return int((~keep_tag).sum()), dropped
+    return subset_dataset(source, output, tiles, keep_tags, vocab, extra, reporter)
