@@ -1,0 +1,113 @@
+"""The Markdown report of an experiment (examples/experiments/run.sh OUT …): the score
+table, every task's test MAE (mean ± sd over seeds) per model and head, retrieval
+precision@8, what each pretraining run cost, and its training curves (small SVG files
+beside the report, drawn from the runs' metrics).
+
+    python examples/experiments/report.py OUT > OUT/report.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from gjp.evaluate.score import load_results, render, score_table
+
+CURVES = ("prediction", "variance", "target_std", "target_rank")
+
+
+def main(out: Path) -> str:
+    results = sorted((out / "eval" / "results").glob("*.json"))
+    probes, retrieval = load_results(results)
+    tasks, rows = score_table(probes, retrieval)
+    lines = [f"# Experiment: {out.name}", "",
+             "Pretraining extracts (`train/`) and evaluation extracts (`eval/`) are different regions: "
+             "every number below is measured where no model was pretrained.", "",
+             _extracts(out), "", "## Score", "",
+             "Harmonic mean over the masked tasks of (best MAE / MAE), test split; precision@k of "
+             "retrieval by tag-defined categories (`gjp knn --eval`).", "",
+             render(tasks, rows), "", "## Per task (test MAE, mean ± sd over seeds)", ""]
+    lines += _per_task(tasks, probes)
+    lines += ["", "## Retrieval", "", "| model | precision@k | chance | queries |", "|---|---:|---:|---:|"]
+    for r in sorted(retrieval, key=lambda r: -r["precision_mean"]):
+        lines.append(f"| {r['model']} | {r['precision_mean']:.3f} | {r['chance_mean']:.3f} | "
+                     f"{r.get('queries', '')} |")
+    lines += ["", "## Pretraining runs", "", "| run | modalities | preset | epochs | steps | seconds | tiles/s |"
+              " final loss | target std | effective rank |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in sorted((out / "train" / "runs").glob("geojepa-*")):
+        lines.append(_run_row(run))
+        _curves(run, out / "curves")
+    if (out / "curves").exists():
+        lines += ["", "Training curves (per step): " + ", ".join(
+            f"[{p.stem}](curves/{p.name})" for p in sorted((out / "curves").glob("*.svg")))]
+    return "\n".join(lines) + "\n"
+
+
+def _extracts(out: Path) -> str:
+    parts = []
+    for side in ("train", "eval"):
+        meta = out / side / "dataset.h5"
+        if meta.exists():
+            import h5py
+
+            with h5py.File(meta) as f:
+                params = json.loads(f.attrs["source_steps"])[0]["params"]
+                parts.append(f"- **{side}**: {', '.join(Path(p).name for p in params['inputs'])}: "
+                             f"{len(f['tiles/name'])} tiles, {len(f['entities/kind'])} entities")
+    return "\n".join(parts)
+
+
+def _per_task(tasks: list[str], probes: list[dict]) -> list[str]:
+    models = sorted({(p["model"], p["head"]) for p in probes})
+    by_key = {(p["model"], p["head"], p["task"]): p for p in probes}
+    lines = ["| model | head | " + " | ".join(tasks) + " |", "|---|---|" + "---:|" * len(tasks)]
+    for model, head in models:
+        cells = []
+        for t in tasks:
+            p = by_key.get((model, head, t))
+            cells.append(f"{p['test_mae_mean']:.3f} ± {p['test_mae_sd']:.3f}" if p else "–")
+        lines.append(f"| {model} | {head} | " + " | ".join(cells) + " |")
+    dummy = {p["task"]: p["dummy"]["test_mae"] for p in probes}
+    lines.append("| Dummy (train median) | | " + " | ".join(f"{dummy[t]:.3f}" for t in tasks) + " |")
+    return lines
+
+
+def _run_row(run: Path) -> str:
+    config = json.loads((run / "config.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1] if rows else {}
+    speed = [r["tiles_per_s"] for r in rows if "tiles_per_s" in r]
+    train = config["train"]
+    return (f"| {run.name} | {train['modalities']} | {train['preset']} | {summary['epochs']} | {summary['steps']} | "
+            f"{summary['seconds']} | {sum(speed) / len(speed):.0f} | {last.get('loss', float('nan')):.4f} | "
+            f"{last.get('target_std', float('nan')):.3f} | {last.get('target_rank', float('nan')):.1f} |"
+            if speed else f"| {run.name} | {train['modalities']} | | | | | | | | |")
+
+
+def _curves(run: Path, directory: Path) -> None:
+    """One small SVG polyline per metric of :data:`CURVES`."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    directory.mkdir(exist_ok=True)
+    for metric in CURVES:
+        points = [(r["step"], r[metric]) for r in rows if metric in r and r[metric] == r[metric]]
+        if len(points) >= 2:
+            (directory / f"{run.name}-{metric}.svg").write_text(_svg(f"{run.name}: {metric}", points))
+
+
+def _svg(title: str, points: list[tuple[float, float]], w: int = 320, h: int = 120, pad: int = 20) -> str:
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, y0 = min(xs), min(ys)
+    x_span, y_span = max(max(xs) - x0, 1e-12), max(max(ys) - y0, 1e-12)
+    line = " ".join(f"{pad + (w - 2 * pad) * (x - x0) / x_span:.1f},{h - pad - (h - 2 * pad) * (y - y0) / y_span:.1f}"
+                    for x, y in points)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}">'
+            f'<text x="{pad}" y="14" font-size="11">{title} ({y0:.3g} to {max(ys):.3g})</text>'
+            f'<polyline fill="none" stroke="#333" points="{line}"/></svg>\n')
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: report.py OUT")
+    sys.stdout.write(main(Path(sys.argv[1])))
