@@ -558,13 +558,16 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--max-entities", type=click.IntRange(min=1), default=20000, show_default=True,
               help="polygnn --pretext osm: a seeded sample of at most this many entities.")
 @click.option("--no-spanning-tree", is_flag=True, help="polygnn: train on whole graphs (no random-spanning-tree augmentation).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="geojepa: any other setting, for ablations (repeatable): modality_dropout=0, position_noise=0, "
+                   "mask.strategies='{\"random\": 1}', model.vicreg_beta=0; recorded in the run's config.json.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @common
 def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, geometry_encoder, splits, all_tiles,
                  image_tokens, image_backbone, image_weights, resume, preset, epochs, batch_size, lr, accumulate,
-                 workers, registers, compile_model, n_per_class, max_entities, no_spanning_tree, seed, device,
-                 overwrite, quiet):
+                 workers, registers, compile_model, n_per_class, max_entities, no_spanning_tree, settings, seed,
+                 device, overwrite, quiet):
     """Pretrain a model and write runs/NAME/ (config.json, weights, metrics.jsonl).
 
     geojepa: self-supervised pretraining over each tile's tokens (entities: tags through the
@@ -596,7 +599,7 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
         output = output or Path("runs") / f"polygnn-{pretext}"
         report = pretrain_polygnn(output, config, device=device, overwrite=overwrite, reporter=reporter)
     else:
-        from gjp.pretrain.geojepa import GeoJepaTrainConfig, pretrain_geojepa
+        from gjp.pretrain.geojepa import GeoJepaTrainConfig, pretrain_geojepa, with_settings
 
         config = GeoJepaTrainConfig(modalities=modalities, preset=preset, epochs=epochs or 10,
                                     batch_size=batch_size or 32, lr=lr or 5e-4, accumulate=accumulate, seed=seed,
@@ -605,6 +608,7 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
                                     splits=str(splits), all_tiles=all_tiles, image_tokens=image_tokens,
                                     image_backbone=image_backbone, image_weights=image_weights,
                                     registers=registers, compile=compile_model)
+        config = with_settings(config, settings)
         name = "".join(sorted(config.modality_set(), key="TGI".index))
         output = output or Path("runs") / f"geojepa-{name}"
         report = pretrain_geojepa(output, config, device=device, overwrite=overwrite, resume=resume,

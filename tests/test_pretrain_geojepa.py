@@ -301,3 +301,24 @@ def test_pretraining_on_shards_equals_pretraining_on_one_file(workspace, monaco_
     assert len(list((tmp_path / "shards").glob("dataset-*.geometry-tokens.*.h5"))) >= 3
     data = json.loads((tmp_path / "many" / "config.json").read_text())["data"]
     assert isinstance(data["dataset"], list) and len(data["dataset"]) >= 3
+
+
+def test_settings_for_ablations_reach_the_config_and_refuse_unknown_keys():
+    from gjp.models.geojepa import GeoJepaConfig
+    from gjp.pretrain.geojepa import build_model, with_settings
+
+    base = GeoJepaTrainConfig(modalities="T")
+    cfg = with_settings(base, ["modality_dropout=0", "position_noise=0", 'mask.strategies={"random": 1}',
+                               "model.vicreg_beta=0", "momentum=[0.99, 1.0]"])
+    assert cfg.modality_dropout == 0.0 and isinstance(cfg.modality_dropout, float) and cfg.position_noise == 0.0
+    assert cfg.mask["strategies"] == {"random": 1} and cfg.mask["targets"] == base.mask["targets"]
+    assert cfg.momentum == (0.99, 1.0) and base.model == {}
+    _, model, model_config = build_model(cfg, np.zeros((5, 8), np.float32), None)
+    assert model_config.vicreg_beta == 0 and model_config.dim == GeoJepaConfig.preset("tiny").dim
+    for bad, message in (("nosuch=1", "not a pretraining setting"), ("mask.nosuch=1", "not a mask setting"),
+                         ("epochs=many", "not of its default's type"), ("modalities", "KEY=VALUE"),
+                         ("seed.x=1", "has no keys")):
+        with pytest.raises(GjpError, match=message):
+            with_settings(base, [bad])
+    with pytest.raises(GjpError, match="model.nosuch: not a model setting"):
+        build_model(with_settings(base, ["model.nosuch=1"]), np.zeros((5, 8), np.float32), None)

@@ -3,6 +3,8 @@
 #
 #   usage: examples/experiments/run.sh OUT --train A.osm.pbf [B.osm.pbf …] --eval C.osm.pbf [D.osm.pbf …]
 #   env:   PRESET=tiny EPOCHS=8 MODALITIES="T T,G" SEEDS=5 HEADS="mlp linear" POLYGNN_EPOCHS=4
+#          ABLATIONS=examples/experiments/ablations.txt  (one run per line: NAME MODALITIES KEY=VALUE…,
+#          the settings of `gjp pretrain --set`; each becomes a model of its own, runs/geojepa-NAME)
 #
 # OUT/train/  the pretraining data: the pipeline over the --train extracts, the tag
 #             vocabulary and its embeddings, the geometry encoder, and one GeoJEPA run per
@@ -31,6 +33,7 @@ if [ ${#train[@]} -eq 0 ] || [ ${#evaluate[@]} -eq 0 ]; then
     exit 2
 fi
 preset=${PRESET:-tiny} epochs=${EPOCHS:-8} seeds=${SEEDS:-5}
+ablations=${ABLATIONS:+$(realpath "$ABLATIONS")}
 read -r -a modality_sets <<< "${MODALITIES:-T T,G}"
 read -r -a heads <<< "${HEADS:-mlp linear}"
 mkdir -p "$out/train" "$out/eval"
@@ -58,6 +61,16 @@ for m in "${modality_sets[@]}"; do
         --geometry-encoder "$out/train/runs/polygnn-osm" -o "runs/$name" --overwrite
     models+=("$out/train/runs/$name")
 done
+if [ -n "${ABLATIONS:-}" ]; then
+    while read -r name m settings; do
+        case $name in ''|'#'*) continue ;; esac
+        sets=()
+        for kv in $settings; do sets+=(--set "$kv"); done
+        gjp -q pretrain --modalities "$m" --preset "$preset" --epochs "$epochs" --all-tiles \
+            --geometry-encoder "$out/train/runs/polygnn-osm" "${sets[@]}" -o "runs/geojepa-$name" --overwrite
+        models+=("$out/train/runs/geojepa-$name")
+    done < "$ablations"
+fi
 
 # ---- evaluation, on the other extracts
 cd "$out/eval"

@@ -62,6 +62,7 @@ class GeoJepaTrainConfig:
     image_weights: str = "default"               # its weights: default (the backbone's own), imagenet, a file
     image_tokens: str = "patches"                # patches, or patches+global (the global token sums up the image)
     mask: dict = field(default_factory=lambda: asdict(MaskConfig()))
+    model: dict = field(default_factory=dict)    # GeoJepaConfig fields over the preset's (e.g. vicreg_beta)
 
     def modality_set(self) -> set[str]:
         chosen = {m.strip().upper() for m in self.modalities.split(",") if m.strip()}
@@ -70,6 +71,45 @@ class GeoJepaTrainConfig:
         if self.image_tokens not in IMAGE_TOKENS:
             raise GjpError(f"--image-tokens {self.image_tokens!r}: choose one of {', '.join(IMAGE_TOKENS)}")
         return chosen
+
+
+def with_settings(config: GeoJepaTrainConfig, settings: list[str]) -> GeoJepaTrainConfig:
+    """``config`` with ``KEY=VALUE`` settings (``gjp pretrain --set``), for ablations: a
+    field (``modality_dropout=0``), or one key of the ``mask`` or ``model`` dicts
+    (``mask.strategies={"random": 1}``, ``model.vicreg_beta=0``). Values are JSON, or
+    text when they do not parse; a field's value must have its default's type."""
+    from dataclasses import replace
+
+    changes: dict = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep or not key:
+            raise GjpError(f"--set {setting!r}: give KEY=VALUE (e.g. modality_dropout=0)")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        head, _, sub = key.partition(".")
+        if head not in GeoJepaTrainConfig.__dataclass_fields__:
+            raise GjpError(f"--set {key}: not a pretraining setting (choose from "
+                           f"{', '.join(GeoJepaTrainConfig.__dataclass_fields__)})")
+        current = changes.get(head, getattr(config, head))
+        if sub:
+            if not isinstance(current, dict):
+                raise GjpError(f"--set {key}: {head} has no keys")
+            if head == "mask" and sub not in current:
+                raise GjpError(f"--set {key}: not a mask setting (choose from {', '.join(current)})")
+            changes[head] = {**current, sub: value}
+        else:
+            if isinstance(current, (tuple, list)) and isinstance(value, list):
+                value = tuple(value)
+            elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if type(value) is not type(current):
+                raise GjpError(f"--set {key}: {value!r} is not of its default's type "
+                               f"({type(current).__name__}, e.g. {current!r})")
+            changes[head] = value
+    return replace(config, **changes)
 
 
 # --------------------------------------------------------------------------- building
@@ -119,9 +159,13 @@ def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_d
     torch.manual_seed(config.seed)
     if model_config is None:
         try:
-            model_config = GeoJepaConfig.preset(config.preset, registers=config.registers)
+            model_config = GeoJepaConfig.preset(config.preset, **{"registers": config.registers, **config.model})
         except ValueError as err:
             raise GjpError(f"--preset: {err}") from None
+        except TypeError:
+            unknown = sorted(set(config.model) - set(GeoJepaConfig.__dataclass_fields__))
+            raise GjpError(f"--set model.{unknown[0]}: not a model setting (choose from "
+                           f"{', '.join(GeoJepaConfig.__dataclass_fields__)})") from None
     modalities = config.modality_set()
     tags = TagTokens(torch.tensor(np.asarray(tag_table)), model_config.dim) if "T" in modalities else None
     geometry = GeometryTokens(geometry_encoder, model_config.dim) if "G" in modalities else None
