@@ -14,6 +14,7 @@ same version, installed on every worker). Dask is imported only when a scheduler
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -43,14 +44,26 @@ def map_jobs(fn, jobs: list, workers: int, progress=None):
             yield result
         return
     pool = ThreadPoolExecutor(workers)
+    # at most two jobs a thread in flight, not one future per job at once: a country has
+    # ~10^5 group files, and a future per file held memory in proportion (~2 kB each)
+    pending: collections.deque = collections.deque()
     try:
-        for result in pool.map(fn, jobs):
-            if progress is not None:
-                progress.update()
-            yield result
+        for job in jobs:
+            pending.append(pool.submit(fn, job))
+            if len(pending) >= 2 * workers:
+                yield _finished(pending.popleft(), progress)
+        while pending:
+            yield _finished(pending.popleft(), progress)
     finally:
         # on an error or Ctrl-C, drop the jobs not started yet instead of finishing them
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finished(future, progress):
+    result = future.result()
+    if progress is not None:
+        progress.update()
+    return result
 
 
 @dataclasses.dataclass
