@@ -186,35 +186,19 @@ class _RowBuffer:
 
 
 def read_embeddings(path: str | Path, entities: bool = False) -> Embeddings:
-    """An embeddings file, checked: as many vectors as names, unique names, finite values
-    (a NaN vector would give NaN distances and MAEs downstream, silently)."""
-    with open_hdf5(path, FORMAT, FORMAT_VERSION, "embeddings file", MADE_BY) as f:
-        require_datasets(f, path, "embeddings file", ("tiles/name", "tiles/vectors"))
-        names = [b.decode("utf-8", "replace") for b in f["tiles/name"][()]]
-        vectors = f["tiles/vectors"][()]
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        _check_vectors(path, "tiles/vectors", vectors, len(names))
-        if len(set(names)) != len(names):
-            raise GjpError(f"{path}: damaged embeddings file: tile names repeat")
-        out = Embeddings(names, vectors, attrs)
+    """An embeddings file read whole, checked: the structure as :func:`open_embeddings`
+    checks it, and finite values (a NaN vector would give NaN distances and MAEs
+    downstream, silently)."""
+    with open_embeddings(path, entities) as emb:
+        vectors = emb.tiles.source[()]
+        _check_vectors(path, "tiles/vectors", vectors, len(emb.names))
+        out = Embeddings([b.decode("utf-8", "replace") for b in emb.names], vectors, emb.attrs)
         if entities:
-            if "entities" not in f:
-                raise GjpError(f"{path}: has no entity embeddings (model {out.model}); "
-                               "tagpool writes them")
-            require_datasets(f, path, "embeddings file", _ENTITY_DATASETS)
-            out.entity_offsets = f["entities/offsets"][()]
-            out.entity_vectors = f["entities/vectors"][()]
-            out.entity_osm_type = f["entities/osm_type"][()]
-            out.entity_osm_id = f["entities/osm_id"][()]
-            n_entities = len(out.entity_vectors)
-            offsets = out.entity_offsets
-            if (len(offsets) != len(names) + 1 or offsets[0] != 0 or offsets[-1] != n_entities
-                    or (np.diff(offsets) < 0).any()):
-                raise GjpError(f"{path}: damaged embeddings file: entities/offsets do not index "
-                               f"{n_entities} entities of {len(names)} tiles")
-            _check_vectors(path, "entities/vectors", out.entity_vectors, n_entities)
-            if len(out.entity_osm_type) != n_entities or len(out.entity_osm_id) != n_entities:
-                raise GjpError(f"{path}: damaged embeddings file: entity ids and vectors differ in number")
+            out.entity_offsets = emb.entity_offsets
+            out.entity_vectors = emb.entities.source[()]
+            _check_vectors(path, "entities/vectors", out.entity_vectors, len(out.entity_vectors))
+            out.entity_osm_type = emb.entity_osm_type[()]
+            out.entity_osm_id = emb.entity_osm_id[()]
     return out
 
 

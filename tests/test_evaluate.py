@@ -312,7 +312,8 @@ def test_knn_streamed_from_the_file_and_in_query_batches_is_the_same(tmp_path, m
         search(emb.tiles, base[:2], 8, metric)
 
 
-def test_knn_eval_samples_queries_deterministically(monaco_dataset, tmp_path):
+def test_knn_eval_samples_queries_deterministically(monaco_dataset, tmp_path, monkeypatch):
+    from gjp.dataset import tags as raw_tags
     from gjp.embedders.embed import embed
     from gjp.evaluate.knn import evaluate_retrieval, tile_categories
 
@@ -330,8 +331,9 @@ def test_knn_eval_samples_queries_deterministically(monaco_dataset, tmp_path):
         tile_of_tag = tile_of_entity[np.repeat(np.arange(len(tile_of_entity)), np.diff(f["entities/tag_offsets"][()]))]
         keys = f["strings/keys"][()][f["entities/tag_key_ids"][()]]
         values = f["strings/values"][()][f["entities/tag_value_ids"][()]]
-    members = tile_categories(dataset, names[::-1], {"b": {"building": "*"}, "s": {"amenity": ["cafe"]}},
-                              entities_per_block=50)
+    monkeypatch.setattr(raw_tags, "TILES_PER_BLOCK", 3)  # tags and string tables read in small blocks
+    monkeypatch.setattr(raw_tags, "STRING_ROWS", 7)
+    members = tile_categories(dataset, names[::-1], {"b": {"building": "*"}, "s": {"amenity": ["cafe"]}})
     flip = len(names) - 1  # names given in reverse: indices into that order
     assert members["b"].tolist() == sorted(flip - np.unique(tile_of_tag[keys == b"building"]))
     assert members["s"].tolist() == sorted(flip - np.unique(tile_of_tag[(keys == b"amenity") & (values == b"cafe")]))

@@ -188,13 +188,15 @@ def test_builtin_specs_parse():
 @pytest.mark.parametrize("task", ["building_count", "max_speed"])
 def test_mktask_in_tiny_blocks_gives_the_same_task(monaco_dataset, tmp_path, monkeypatch, task):
     """mktask reads and writes a block of tiles at a time: blocks of 3 tiles give the same
-    labels, statistics and masked inputs as one block (Monaco has ~100 tiles)."""
+    labels, statistics and masked inputs as one block (Monaco has ~100 tiles), and so
+    does reading the value table 5 rows at a time."""
     from gjp.dataset import tags as raw_tags
 
     dataset = monaco_dataset[2]
     spec = load_spec(task)
     make_task(spec, dataset, tmp_path / "one" / task, masked=True, splits=tmp_path / "splits.csv")
     monkeypatch.setattr(raw_tags, "TILES_PER_BLOCK", 3)
+    monkeypatch.setattr(raw_tags, "STRING_ROWS", 5)
     make_task(spec, dataset, tmp_path / "many" / task, masked=True, splits=tmp_path / "splits.csv")
     a, b = tmp_path / "one" / task, tmp_path / "many" / task
     assert pq.read_table(a / "labels.parquet").equals(pq.read_table(b / "labels.parquet"))

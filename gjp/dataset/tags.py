@@ -1,8 +1,9 @@
 """The raw tags of a ``dataset.h5`` (ids into its key and value string tables), for
-everything that selects tiles or entities by tag: task labels, masking.
+everything that selects tiles or entities by tag: task labels, masking, retrieval
+categories.
 
 Read a block of tiles at a time (:func:`raw_tag_blocks`), so memory is bounded by the
-block and by the string tables (the distinct keys and values), not by the dataset."""
+block, the key table and a byte or a float per distinct value, not by the dataset."""
 
 from __future__ import annotations
 
@@ -14,31 +15,41 @@ from gjp.dataset.format import decode
 
 #: Tiles per block: with tens of entities a tile, a few hundred thousand entities.
 TILES_PER_BLOCK = 8192
+#: Rows of the string tables read at a time.
+STRING_ROWS = 1 << 16
 
 
 class TagStrings:
     """A dataset's key and value tables, with the per-value answers that every block
-    asks again (which values a filter allows, what number a value reads as) cached."""
+    asks again (which values a filter allows, what number a value reads as) computed once
+    and cached. The value table can be large (every distinct name, address, …): it is
+    scanned :data:`STRING_ROWS` rows at a time and only the answers are kept (one byte or
+    one float a value)."""
 
     def __init__(self, f):
         self.keys = decode(f["strings/keys"][()])
-        self.values = decode(f["strings/values"][()])
         self.key_index = {k: i for i, k in enumerate(self.keys)}
+        self._values = f["strings/values"]
         self._cache: dict = {}
+
+    def _value_blocks(self):
+        for start in range(0, len(self._values), STRING_ROWS):
+            yield np.asarray(self._values[start:start + STRING_ROWS], dtype=bytes)
 
     def allowed_values(self, allowed) -> np.ndarray:
         """Mask over the value table: the value is one of ``allowed``."""
         key = ("allowed", tuple(allowed))
         if key not in self._cache:
-            allowed = set(allowed)
-            self._cache[key] = np.array([v in allowed for v in self.values], dtype=bool)
+            wanted = np.array([v.encode() for v in allowed], dtype=bytes)
+            self._cache[key] = np.concatenate([np.zeros(0, bool)] + [np.isin(block, wanted)
+                                                                     for block in self._value_blocks()])
         return self._cache[key]
 
     def numbers(self, parse) -> np.ndarray:
         """Every value read as a number by ``parse`` (NaN where it reads as none)."""
         key = ("numbers", parse)
         if key not in self._cache:
-            parsed = (parse(v) if v else None for v in self.values)
+            parsed = (parse(v) if v else None for block in self._value_blocks() for v in decode(block))
             self._cache[key] = np.array([np.nan if p is None else p for p in parsed], dtype=np.float64)
         return self._cache[key]
 
@@ -50,7 +61,6 @@ class RawTags:
     def __init__(self, f, strings: TagStrings, start: int = 0, stop: int | None = None):
         stop = len(f["tiles/name"]) if stop is None else stop
         self.start, self.stop, self.strings = start, stop, strings
-        self.keys, self.values = strings.keys, strings.values
         self.tile_names = decode(f["tiles/name"][start:stop])
         self.groups = decode(f["tiles/group"][start:stop])
         offsets = f["tiles/entity_offsets"][start:stop + 1]

@@ -271,42 +271,24 @@ def load_categories(path: str | Path | None) -> dict[str, dict]:
     return raw
 
 
-def tile_categories(dataset: str | Path, names, categories: dict[str, dict],
-                    entities_per_block: int = 1 << 18) -> dict[str, np.ndarray]:
+def tile_categories(dataset: str | Path, names, categories: dict[str, dict]) -> dict[str, np.ndarray]:
     """Category → the sorted indices (into ``names``, bytes or str) of tiles with an entity
     that has one of its tags (``key = "*"`` for any value, a value, or a list of values).
-    The dataset's tags are read ``entities_per_block`` entities at a time."""
+    The dataset's tags are read a block of tiles at a time (:func:`raw_tag_blocks`)."""
     from gjp.dataset.format import open_dataset
+    from gjp.dataset.tags import raw_tag_blocks
 
     with open_dataset(dataset) as f:
-        tile_offsets = f["tiles/entity_offsets"][()]
         position = _positions(np.asarray(f["tiles/name"][()], dtype=bytes),
                               np.array([n.encode() if isinstance(n, str) else n for n in names], dtype=bytes))
-        wanted_keys = {key for conditions in categories.values() for key in conditions}
-        wanted_values = {v for conditions in categories.values() for allowed in conditions.values()
-                         if allowed != "*" for v in ([allowed] if isinstance(allowed, str) else allowed)}
-        key_ids = _string_ids(f["strings/keys"], wanted_keys)
-        value_ids = _string_ids(f["strings/values"], wanted_values)
-        # per category: (key id, allowed value ids or None for any) of the keys the data has
-        rules = {name: [(key_ids[key], None if allowed == "*" else
-                         np.array([value_ids[v] for v in ([allowed] if isinstance(allowed, str) else allowed)
-                                   if v in value_ids], dtype=np.int64))
-                        for key, allowed in conditions.items() if key in key_ids]
-                 for name, conditions in categories.items()}
-        hit_tiles = {name: np.zeros(len(tile_offsets) - 1, dtype=bool) for name in categories}
-        entities = int(tile_offsets[-1])
-        for e0 in range(0, entities, entities_per_block):
-            e1 = min(e0 + entities_per_block, entities)
-            tag_offsets = f["entities/tag_offsets"][e0:e1 + 1]
-            g0, g1 = int(tag_offsets[0]), int(tag_offsets[-1])
-            keys, values = f["entities/tag_key_ids"][g0:g1], f["entities/tag_value_ids"][g0:g1]
-            entity_of_tag = e0 + np.repeat(np.arange(e1 - e0), np.diff(tag_offsets))
-            for name, conditions in rules.items():
-                hit = np.zeros(len(keys), dtype=bool)
-                for key, allowed in conditions:
-                    hit |= (keys == key) if allowed is None else (keys == key) & np.isin(values, allowed)
-                tiles = np.searchsorted(tile_offsets, entity_of_tag[hit], side="right") - 1
-                hit_tiles[name][tiles] = True
+        hit_tiles = {name: np.zeros(len(position), dtype=bool) for name in categories}
+        for tags in raw_tag_blocks(f):
+            for name, conditions in categories.items():
+                hit = np.zeros(len(tags.key_ids), dtype=bool)
+                for key, allowed in conditions.items():
+                    hit |= tags.tags_where(key, None if allowed == "*" else
+                                           [allowed] if isinstance(allowed, str) else allowed)
+                hit_tiles[name][tags.start + tags.tiles_with(hit)] = True
     out = {}
     for name, hit in hit_tiles.items():
         rows = position[np.flatnonzero(hit)]
@@ -322,18 +304,6 @@ def _positions(dataset_names: np.ndarray, names: np.ndarray) -> np.ndarray:
     at = np.minimum(np.searchsorted(names[order], dataset_names), max(len(names) - 1, 0))
     found = (names[order][at] == dataset_names) if len(names) else np.zeros(len(dataset_names), bool)
     return np.where(found, order[at] if len(names) else -1, -1)
-
-
-def _string_ids(strings, wanted: set[str], rows: int = 1 << 16) -> dict[str, int]:
-    """The ids of the ``wanted`` strings in a string table of the dataset (scanned
-    ``rows`` at a time: the table of values can be large)."""
-    encoded = np.array([w.encode() for w in wanted], dtype=bytes)
-    found = {}
-    for start in range(0, len(strings), rows):
-        block = np.asarray(strings[start:start + rows], dtype=bytes)
-        for i in np.flatnonzero(np.isin(block, encoded)):
-            found.setdefault(block[i].decode(), start + int(i))
-    return found
 
 
 @dataclass
