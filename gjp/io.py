@@ -437,19 +437,49 @@ class _GuardedFile(io.RawIOBase):
                 self.error = err
 
 
+#: The size of HDF5's metadata cache (chunk-index B-tree nodes, object headers) in every
+#: file gjp opens. Left adaptive, it grows with how much of a file is read or written, up
+#: to 32 MiB of entries that take several times that in memory: mktask gained about 3 MB
+#: every 8,192 tiles that way (docs/PERFORMANCE.md). Fixed, memory stays bounded; a
+#: block-by-block pass touches few index nodes at a time, so it is not slower.
+METADATA_CACHE_BYTES = 2 << 20
+
+
+def bound_metadata_cache(f) -> None:
+    """Fix the metadata cache of an open ``h5py.File`` at :data:`METADATA_CACHE_BYTES`."""
+    config = f.id.get_mdc_config()
+    config.set_initial_size = True
+    config.initial_size = config.min_size = config.max_size = METADATA_CACHE_BYTES
+    config.incr_mode = config.flash_incr_mode = config.decr_mode = 0   # the *__off modes
+    f.id.set_mdc_config(config)
+
+
+def open_h5(path, mode: str = "r", **kwargs):
+    """``h5py.File(path, mode, **kwargs)`` with its metadata cache bounded: how every
+    HDF5 file in gjp is opened."""
+    import h5py
+
+    f = h5py.File(path, mode, **kwargs)
+    try:
+        bound_metadata_cache(f)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 @contextlib.contextmanager
 def hdf5_output(final: str | Path, overwrite: bool = False, **kwargs):
     """Yield an ``h5py.File`` open for writing that becomes ``final`` when the block
     succeeds (see :func:`atomic_file`). A full disk or a file-size limit fails with one
     line naming ``final``; Ctrl-C and SIGTERM stop the write and leave nothing behind.
     Loops writing many pieces should call ``check_pending(f)`` now and then."""
-    import h5py
 
     final = Path(final)
     with atomic_file(final, overwrite) as tmp, held_signals() as signals:
         with open(tmp, "r+b", buffering=0) as raw:
             sink = _GuardedFile(raw, signals)
-            with h5py.File(sink, "w", **kwargs) as f:
+            with open_h5(sink, "w", **kwargs) as f:
                 f._gjp_signals = signals  # for check_pending
                 yield f
             if sink.error is None and not signals.pending():
@@ -576,7 +606,6 @@ def check_format(found_format, found_version, path: str | Path, fmt: str, versio
 def open_hdf5(path: str | Path, fmt: str, version: int, what: str, made_by: str):
     """Open a gjp HDF5 file read-only, checking that it exists, is HDF5, and carries the
     ``format`` and ``format_version`` attributes this gjp reads; clear errors otherwise."""
-    import h5py
 
     path = Path(path)
     if not path.exists():
@@ -584,7 +613,7 @@ def open_hdf5(path: str | Path, fmt: str, version: int, what: str, made_by: str)
     if path.is_dir():
         raise GjpError(f"{path}: is a directory, not a {what}")
     try:
-        f = h5py.File(path, "r")
+        f = open_h5(path, "r")
     except OSError as err:
         raise GjpError(f"{path}: not an HDF5 file, or a damaged one") from err
     try:

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from gjp import grid
 from gjp.errors import GjpError
 from gjp.geoparquet import GROUP_FILE, check_group_file, list_group_files
-from gjp.io import parquet_schema, read_json, read_parquet
+from gjp.io import open_h5, parquet_schema, read_json, read_parquet
 
 _COLUMNS = ["tile", "osm_type", "kind", "tags"]
 
@@ -131,10 +131,9 @@ def summarize(path: str | Path) -> tuple[str, dict]:
 
 
 def _hdf5_format(path: Path) -> str | None:
-    import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "r") as f:
             found = f.attrs.get("format")
     except OSError:
         return None  # the dataset reader says what is wrong with it
@@ -260,12 +259,11 @@ def summarize_embeddings(path: Path) -> dict:
 
 
 def summarize_image_tokens(path: Path) -> dict:
-    import h5py
 
     from gjp.dataset.image_tokens import ImageTokenFile
 
     tokens = ImageTokenFile(path)  # checks the file
-    with h5py.File(path, "r") as f:
+    with open_h5(path, "r") as f:
         valid = f["valid"][()]
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
     return {"path": str(path), "backbone": tokens.backbone, "grid": tokens.grid, "dim": tokens.dim,

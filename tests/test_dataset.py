@@ -315,3 +315,30 @@ def test_pack_refuses_a_tile_in_the_wrong_group_file(monaco_dataset, tmp_path):
     with pytest.raises(GjpError, match=f"{files[1].name}: has tile .* which belongs to group {files[0].stem}"):
         pack_dataset(moved, tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_hdf5_metadata_caches_stay_bounded_whatever_is_read(monaco_dataset, tmp_path):
+    """HDF5's metadata cache is fixed in every file gjp opens: left adaptive it grew with
+    every chunk index node read (mktask gained ~3 MB per 8,192 tiles on large datasets)."""
+    from pathlib import Path
+
+    from gjp.dataset.format import open_dataset, read_tiles
+    from gjp.io import METADATA_CACHE_BYTES, hdf5_output
+
+    _, _, path = monaco_dataset
+    loader = TileDataset(path)
+    for i in range(0, len(loader), 7):
+        loader[i]
+    with open_dataset(path) as f, hdf5_output(tmp_path / "copy.h5") as out:
+        block = read_tiles(f, 0, len(f["tiles/name"]))
+        for name in ("entities/osm_id", "graph/nodes"):
+            out[name] = block[name]
+        for handle in (f, out, loader._file):
+            config = handle.id.get_mdc_config()
+            assert (config.max_size, config.incr_mode) == (METADATA_CACHE_BYTES, 0)
+            assert handle.id.get_mdc_size()[0] <= METADATA_CACHE_BYTES
+    # and there is no other way in: every HDF5 file is opened through gjp.io.open_h5
+    package = Path(__file__).resolve().parents[1] / "gjp"
+    openers = [str(p.relative_to(package)) for p in package.rglob("*.py")
+               if "h5py.File(" in p.read_text() and p.name != "io.py"]
+    assert openers == []

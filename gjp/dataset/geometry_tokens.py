@@ -24,7 +24,7 @@ from gjp import __version__
 from gjp.dataset.format import companion_path, decode, open_dataset
 from gjp.dataset.image_tokens import dataset_fingerprint
 from gjp.errors import GjpError
-from gjp.io import check_pending, hdf5_attr, hdf5_output
+from gjp.io import check_pending, hdf5_attr, hdf5_output, open_h5
 from gjp.ui import QUIET, Reporter
 
 FORMAT = "gjp-geometry-tokens"
@@ -98,7 +98,7 @@ class GeometryTokenFile:
 
         self.path = str(path)
         try:
-            with h5py.File(path, "r") as f:
+            with open_h5(path, "r") as f:
                 fmt = hdf5_attr(f, "format")
                 if fmt != FORMAT:
                     raise GjpError(f"{path}: not a gjp geometry-token cache (format {fmt!r}); move it away, it is "
@@ -129,8 +129,7 @@ class GeometryTokenFile:
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         if self._file is None or self._pid != os.getpid():
-            import h5py
 
-            self._file = h5py.File(self.path, "r")
+            self._file = open_h5(self.path, "r")
             self._pid = os.getpid()
         return self._file["vectors"][start:stop]

@@ -22,7 +22,7 @@ import numpy as np
 from gjp import __version__
 from gjp.dataset.format import companion_path, decode, open_dataset
 from gjp.errors import GjpError
-from gjp.io import check_pending, hdf5_attr, hdf5_output
+from gjp.io import check_pending, hdf5_attr, hdf5_output, open_h5
 from gjp.ui import QUIET, Reporter
 
 FORMAT = "gjp-image-tokens"
@@ -122,10 +122,9 @@ def ensure_image_tokens(dataset: str | Path, backbone: str = DEFAULT_BACKBONE, w
 def _is_fresh(path: Path, want: dict, n_tiles: int, n_images: int) -> bool:
     """True when the cache at ``path`` is the one wanted; False when it is stale or
     foreign; a damaged file is a :class:`GjpError`."""
-    import h5py
 
     try:
-        with h5py.File(path, "r") as f:
+        with open_h5(path, "r") as f:
             fmt = f.attrs.get("format")
             if isinstance(fmt, bytes):
                 fmt = fmt.decode("utf-8", "replace")
@@ -230,14 +229,13 @@ class ImageTokenFile:
     asked for), ``weights_id``; :meth:`describe` sums them up."""
 
     def __init__(self, path: str | Path):
-        import h5py
 
         self.path = str(path)
         path = Path(path)
         if not path.is_file():
             raise GjpError(f"{path}: no such image-token cache (make it with ensure_image_tokens)")
         try:
-            with h5py.File(path, "r") as f:
+            with open_h5(path, "r") as f:
                 fmt, version = hdf5_attr(f, "format"), hdf5_attr(f, "format_version")
                 if fmt != FORMAT:
                     raise GjpError(f"{path}: not a gjp image-token cache (format {fmt!r})")
@@ -280,9 +278,8 @@ class ImageTokenFile:
 
     def _h5(self):
         if self._file is None or self._pid != os.getpid():
-            import h5py
 
-            self._file = h5py.File(self.path, "r")
+            self._file = open_h5(self.path, "r")
             self._pid = os.getpid()
         return self._file
 

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from gjp.dataset.format import NAIP_MEAN, NAIP_STD, open_dataset
 from gjp.dataset.graphs import EntityGraphs
+from gjp.io import open_h5
 
 #: Modality ids of the tokens a model builds from a batch.
 MODALITY_PAD, MODALITY_ENTITY, MODALITY_IMAGE = 0, 1, 2
@@ -133,10 +134,8 @@ class TileDataset(Dataset):
 
     def _h5(self):
         if self._file is None or self._pid != os.getpid():  # one handle per worker process
-            import h5py
-
             # a 64 MiB chunk cache per dataset: random tiles re-read the same chunks
-            self._file = h5py.File(self.path, "r", rdcc_nbytes=64 * 2**20, rdcc_nslots=100_003)
+            self._file = open_h5(self.path, "r", rdcc_nbytes=64 * 2**20, rdcc_nslots=100_003)
             self._pid = os.getpid()
             self._datasets = {}
         return self._file

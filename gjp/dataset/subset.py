@@ -85,9 +85,11 @@ def subset_dataset(source: Path, output: Path, tiles: np.ndarray, keep_tags: Kee
             block = read_tiles(f, start, stop)
             keep_tag = keep_tags(block["entities/tag_key_ids"], block["entities/tag_value_ids"])
             removed += int((~keep_tag).sum())
-            if not len(chosen):
+            part, lost = select(block, chosen - start, keep_tag) if len(chosen) else (None, 0)
+            # dropped before the next block is read, so one block is held at a time, not two
+            del block, keep_tag
+            if part is None:
                 continue
-            part, lost = select(block, chosen - start, keep_tag)
             dropped += lost
             images = None
             if "images" in f:
@@ -95,6 +97,7 @@ def subset_dataset(source: Path, output: Path, tiles: np.ndarray, keep_tags: Kee
                 images = [(f["images/pixels"][t], f["images/valid"][t]) if has else None
                           for t, has in zip(chosen, has_image)]
             writer.append(part, images)
+            del part, images
             bar.update(len(chosen))
         bar.close()
         attrs = {k: f.attrs[k] for k in f.attrs}
