@@ -786,16 +786,20 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
 @cli.command("score")
 @click.argument("results", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--csv", "as_csv", is_flag=True, help="CSV instead of a Markdown table.")
-def score_cmd(results, as_csv):
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="The probes' split the MAEs come from: val to choose settings, test to report them.")
+def score_cmd(results, as_csv, split):
     """The score table: test MAE per model and task, and the harmonic-mean score.
 
     RESULTS are result files [default: results/*.json]. The score of a row is the harmonic
     mean over tasks of best MAE / its MAE (1.0 = best on every task); a Dummy row (the
-    train median) and retrieval precision@k from `gjp knn --eval` are included.
+    train median) and retrieval precision@k from `gjp knn --eval` are included. Choose
+    models and settings with `--split val`, and report them once with the test split.
 
     \b
     Example:
       gjp score
+      gjp score --split val
       gjp score results/*__mlp.json --csv
     """
     from gjp.evaluate.score import load_results, render, score_table
@@ -804,7 +808,7 @@ def score_cmd(results, as_csv):
     if not paths:
         raise GjpError("results/: no result files (run `gjp probe` first)")
     probes, retrieval = load_results(paths)
-    tasks, rows = score_table(probes, retrieval)
+    tasks, rows = score_table(probes, retrieval, split)
     click.echo(render(tasks, rows, as_csv))
 
 

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gjp.embeddings import read_embeddings, write_embeddings
+from gjp.errors import GjpError
 from gjp.evaluate.knn import search
 from gjp.evaluate.probe import ProbeConfig, fit_head, metrics, probe
 from gjp.evaluate.score import render, score_table
@@ -115,6 +116,23 @@ def test_score_is_the_harmonic_mean_of_best_over_mae():
     table = render(tasks, rows)
     assert table.splitlines()[0] == "| model | t1 | t2 | score | precision@k |"
     assert "1 ± 0.1" in table and render(tasks, rows, as_csv=True).startswith("model,t1,t2,score")
+
+
+def test_the_validation_table_ranks_on_the_validation_split_only():
+    """Settings are chosen with `gjp score --split val`: its MAEs, its dummy, and never the test numbers."""
+    def result(model, val, test):
+        return {"model": model, "head": "mlp", "task": "t", "test_mae_mean": test, "test_mae_sd": 0.0,
+                "val_mae_mean": val, "val_mae_sd": 0.0, "dummy": {"test_mae": 3.0, "val_mae": 4.0}}
+
+    probes = [result("a", 1.0, 2.0), result("b", 2.0, 1.0)]
+    _, test_rows = score_table(probes, [])
+    _, val_rows = score_table(probes, [], "val")
+    assert [r["model"] for r in test_rows] == ["b", "a", "dummy"]
+    assert [r["model"] for r in val_rows] == ["a", "b", "dummy"]
+    assert val_rows[-1]["score"] == pytest.approx(0.25) and val_rows[0]["head"] == "mlp"
+    del probes[0]["val_mae_mean"]
+    with pytest.raises(GjpError, match="no val MAE"):
+        score_table(probes, [], "val")
 
 
 def test_tagpool_is_the_mean_and_max_of_tag_vectors(monaco_dataset, tmp_path):

@@ -169,3 +169,56 @@ def test_the_collator_masks_do_not_depend_on_the_number_of_workers(monaco_datase
         assert names == names2 and torch.equal(context, context2) and torch.equal(targets, targets2)
         assert not (context[:, None, :] & targets).any()
 
+
+
+def test_a_crop_keeps_the_entities_nearest_a_random_one():
+    from gjp.pretrain.masks import crop
+
+    rng = np.random.default_rng(0)
+    centres = rng.random((300, 2))
+    kept = crop(centres, 40, np.random.default_rng(5))
+    assert len(kept) == 40 and np.array_equal(kept, np.sort(kept))
+    # a disc: every entity left out is at least as far from the anchor as every one kept
+    anchor = centres[np.random.default_rng(5).integers(300)]
+    distance = np.square(centres - anchor).sum(axis=1)
+    out = np.setdiff1d(np.arange(300), kept)
+    assert distance[kept].max() <= distance[out].min()
+    assert np.array_equal(kept, crop(centres, 40, np.random.default_rng(5)))
+    assert np.array_equal(crop(centres[:30], 40, rng), np.arange(30))
+
+
+def test_cropped_tiles_keep_their_entities_whole(monaco_dataset):
+    import torch
+
+    from gjp.dataset.loader import BatchIndices, TileDataset
+    from gjp.pretrain.masks import MaskingCollator
+
+    _, _, path = monaco_dataset
+    ds = TileDataset(path)
+    counts = ds.entity_counts
+    big, small = int(np.argmax(counts)), int(np.flatnonzero((counts > 3) & (counts <= 20))[0])
+    limit = 20
+    sample = ds[big]
+    part = sample.select(np.array([3, 0, 7]))
+    for new, old in enumerate([3, 0, 7]):  # each kept entity's tags, vertices and edges, unchanged
+        assert np.array_equal(part.tag_ids[part.tag_offsets[new]:part.tag_offsets[new + 1]],
+                              sample.tag_ids[sample.tag_offsets[old]:sample.tag_offsets[old + 1]])
+        assert np.array_equal(part.nodes[part.node_offsets[new]:part.node_offsets[new + 1]],
+                              sample.nodes[sample.node_offsets[old]:sample.node_offsets[old + 1]])
+        assert np.array_equal(
+            part.visibility_edges[part.visibility_offsets[new]:part.visibility_offsets[new + 1]],
+            sample.visibility_edges[sample.visibility_offsets[old]:sample.visibility_offsets[old + 1]])
+    assert np.array_equal(part.min_box, sample.min_box[[3, 0, 7]])
+
+    config = MaskConfig(strategies={"random": 0.5, "area": 0.5})
+    indices = BatchIndices([big, small], epoch=1, number=4)
+    cropped = MaskingCollator(config, seed=3, max_entities=limit)(ds.__getitems__(indices))
+    again = MaskingCollator(config, seed=3, max_entities=limit)(ds.__getitems__(indices))
+    assert counts[big] > limit and (~cropped["padding_mask"]).sum(dim=1).tolist() == [limit, counts[small]]
+    assert torch.equal(cropped["min_box"], again["min_box"]) and torch.equal(cropped["target_masks"],
+                                                                           again["target_masks"])
+    # the big tile's window: the entities kept are ds[big]'s, whole
+    kept = {tuple(b) for b in cropped["min_box"][0, :limit].reshape(limit, -1).tolist()}
+    assert kept <= {tuple(b) for b in sample.min_box.reshape(len(sample.kind), -1).tolist()}
+    with pytest.raises(ValueError, match="max_entities"):
+        MaskingCollator(config, max_entities=-1)

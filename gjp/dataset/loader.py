@@ -10,14 +10,14 @@ sequence-length-aware batch sampler, and a collate function producing padded ten
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from gjp.dataset.format import NAIP_MEAN, NAIP_STD, open_dataset
-from gjp.dataset.graphs import EntityGraphs
+from gjp.dataset.graphs import EntityGraphs, gather
 from gjp.io import open_h5
 
 #: Modality ids of the tokens a model builds from a batch.
@@ -52,6 +52,22 @@ class TileSample:
     def graphs(self) -> EntityGraphs:
         return EntityGraphs(self.nodes, self.node_offsets, self.geometry_edges, self.geometry_offsets,
                             self.visibility_edges, self.visibility_offsets)
+
+    def select(self, entities: np.ndarray) -> TileSample:
+        """The tile with only ``entities`` (local indices, in the order given): every
+        per-entity array and CSR gathered; edges stay valid (their node indices are
+        entity-local). Images are kept as they are."""
+        entities = np.asarray(entities, dtype=np.int64)
+        tags, tag_offsets = gather(self.tag_offsets, entities)
+        nodes, node_offsets = gather(self.node_offsets, entities)
+        geometry, geometry_offsets = gather(self.geometry_offsets, entities)
+        visibility, visibility_offsets = gather(self.visibility_offsets, entities)
+        return replace(
+            self, kind=self.kind[entities], min_box=self.min_box[entities],
+            tag_ids=self.tag_ids[tags], tag_offsets=tag_offsets, nodes=self.nodes[nodes], node_offsets=node_offsets,
+            geometry_edges=self.geometry_edges[geometry], geometry_offsets=geometry_offsets,
+            visibility_edges=self.visibility_edges[visibility], visibility_offsets=visibility_offsets,
+            geometry_tokens=None if self.geometry_tokens is None else self.geometry_tokens[entities])
 
 
 class BatchIndices(list):

@@ -60,18 +60,29 @@ def _require(path, data: dict, fields: dict, prefix: str = "") -> None:
             raise GjpError(f"{path}: damaged results file: {prefix}{name} is not {what} ({value!r})")
 
 
-def score_table(probes: list[dict], retrieval: list[dict]) -> tuple[list[str], list[dict]]:
-    """``(tasks, rows)``; each row has ``name``, ``mae`` {task: (mean, sd)}, ``score``,
-    ``tasks_scored`` and ``precision``."""
+#: The splits a table can be made of: ``val`` to choose settings, ``test`` to report them.
+SPLITS = ("test", "val")
+
+
+def score_table(probes: list[dict], retrieval: list[dict], split: str = "test") -> tuple[list[str], list[dict]]:
+    """``(tasks, rows)``; each row has ``name``, ``model``, ``head``, ``mae`` {task: (mean,
+    sd)}, ``score``, ``tasks_scored`` and ``precision``. ``split`` is the probes' split the
+    MAEs come from: ``test`` to report, ``val`` to choose among settings without looking
+    at the test split."""
+    if split not in SPLITS:
+        raise GjpError(f"no split {split!r}: choose one of {', '.join(SPLITS)}")
+    for p in probes:
+        if not isinstance(p.get(f"{split}_mae_mean"), int | float) or f"{split}_mae" not in p["dummy"]:
+            raise GjpError(f"{p['model']} / {p['task']} / {p['head']}: its results file has no {split} MAE")
     tasks = sorted({p["task"] for p in probes})
     rows: dict[str, dict] = {}
     for p in probes:
         name = f"{p['model']} ({p['head']})"
-        rows.setdefault(name, {"name": name, "model": p["model"], "mae": {}})["mae"][p["task"]] = (
-            p["test_mae_mean"], p["test_mae_sd"])
-    dummy = {"name": "Dummy (train median)", "model": "dummy", "mae": {}}
+        rows.setdefault(name, {"name": name, "model": p["model"], "head": p["head"], "mae": {}})["mae"][p["task"]] = (
+            p[f"{split}_mae_mean"], p[f"{split}_mae_sd"])
+    dummy = {"name": "Dummy (train median)", "model": "dummy", "head": None, "mae": {}}
     for p in probes:
-        dummy["mae"].setdefault(p["task"], (p["dummy"]["test_mae"], 0.0))
+        dummy["mae"].setdefault(p["task"], (p["dummy"][f"{split}_mae"], 0.0))
     if probes:
         rows[dummy["name"]] = dummy
     best = {t: min(r["mae"][t][0] for r in rows.values() if t in r["mae"]) for t in tasks}
@@ -87,7 +98,7 @@ def score_table(probes: list[dict], retrieval: list[dict]) -> tuple[list[str], l
         row["precision"] = precision.get(row["model"])
     for model, value in precision.items():
         if not any(r["model"] == model for r in rows.values()):
-            rows[model] = {"name": model, "model": model, "mae": {}, "score": None, "tasks_scored": 0,
+            rows[model] = {"name": model, "model": model, "head": None, "mae": {}, "score": None, "tasks_scored": 0,
                            "precision": value}
     ordered = sorted(rows.values(), key=lambda r: (-(r["score"] or 0), r["name"]))
     for r in ordered:

@@ -51,6 +51,7 @@ class GeoJepaTrainConfig:
     accumulate: int = 1              # batches per optimiser step (and per process under torchrun)
     modality_dropout: float = 0.3
     position_noise: float = 5e-4
+    max_entities: int = 0            # crop tiles of more entities to a window of this many (0: never)
     collapse_std: float = 1e-3       # stop when the target outputs' spread falls below this
     seed: int = 0
     dataset: str = "dataset.h5"
@@ -322,7 +323,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
         trainer = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
     collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed, images=image_file is not None,
                                image_global=config.image_tokens == "patches+global",
-                               entities=bool(modalities & {"T", "G"}))
+                               entities=bool(modalities & {"T", "G"}), max_entities=config.max_entities)
     train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed,
                                               rank=ranks.rank, world=ranks.world)
     val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1,

@@ -73,6 +73,23 @@ def mask_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, batch, 0x6D61736B])  # the last word keeps it apart from other uses
 
 
+def crop_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
+    """The generator of one batch's crops (a stream apart from its masks')."""
+    return np.random.default_rng([seed, epoch, batch, 0x63726F70])
+
+
+def crop(centres: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """At most ``limit`` of a tile's entities, kept together in space: the ``limit``
+    nearest (by the centre of the min box, ties by index) to one drawn at random, in
+    their original order. All of them when there are no more than ``limit``."""
+    n = len(centres)
+    if n <= limit:
+        return np.arange(n)
+    anchor = centres[rng.integers(n)]
+    distance = np.square(centres - anchor).sum(axis=1)
+    return np.sort(np.lexsort((np.arange(n), distance))[:limit])
+
+
 def draw_masks(valid: np.ndarray, centres: np.ndarray, modality: np.ndarray, config: MaskConfig,
                rng: np.random.Generator) -> Masks:
     """Masks for a batch: ``valid`` [B,T] (False = padding), ``centres`` [B,T,2] (the mean
@@ -185,15 +202,22 @@ class MaskingCollator:
     [B,K,T] (torch bool), ``mask_strategy`` [B], and the batch's ``epoch`` and ``number``
     (which seed the model's own randomness of the batch too). Seeded from (seed, the
     batch's epoch, its number), which :class:`gjp.dataset.loader.BatchIndices` carries to
-    every worker."""
+    every worker.
+
+    With ``max_entities``, a tile of more entities is first cropped to the
+    ``max_entities`` nearest one drawn at random (:func:`crop`): attention costs the square
+    of a tile's tokens, so a few dense city tiles would otherwise take most of the compute."""
 
     ENTITY, IMAGE = 1, 2
 
     def __init__(self, config: MaskConfig, seed: int = 0, images: bool = False, image_global: bool = True,
-                 entities: bool = True):
+                 entities: bool = True, max_entities: int = 0):
         config.probabilities()  # fail now, not in a worker
+        if max_entities < 0:
+            raise ValueError(f"max_entities must be ≥ 0 (0: no crop), got {max_entities}")
         self.config, self.seed = config, seed
         self.images, self.image_global, self.entities = images, image_global, entities
+        self.max_entities = max_entities
 
     def __call__(self, samples) -> dict:
         import torch
@@ -205,7 +229,13 @@ class MaskingCollator:
         if epoch is None or number is None:
             raise ValueError("masks need the batch's epoch and number: load with LengthGroupedBatchSampler "
                              "(or give BatchIndices)")
-        batch = collate_tiles(list(samples))
+        samples = list(samples)
+        if self.max_entities:  # a tile of more entities is cropped to a window of them
+            rng = crop_rng(self.seed, epoch, number)
+            samples = [s if len(s.kind) <= self.max_entities else
+                       s.select(crop(s.min_box.reshape(-1, 4, 2).mean(axis=1), self.max_entities, rng))
+                       for s in samples]
+        batch = collate_tiles(samples)
         valid = ~batch["padding_mask"].numpy() if self.entities else np.zeros(batch["padding_mask"].shape, bool)
         centres = batch["min_box"].numpy().reshape(*valid.shape, 4, 2).mean(axis=2)
         modality = np.where(valid, self.ENTITY, 0)
