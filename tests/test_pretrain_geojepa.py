@@ -106,6 +106,62 @@ def test_embeddings_do_not_depend_on_the_batch_and_feed_every_evaluation(workspa
     assert len(query_entities(tmp_path / "e.h5", f"{emb.names[0]}:0", 3, "cosine")[1]) == 3
 
 
+def test_targets_come_from_a_moving_average_of_the_tokenizer_without_augmentation(workspace, run, tmp_path):
+    """As I-JEPA's target encoder averages the whole context encoder, input embedding
+    included: the targets' tokens are clean (no modality dropout, no position noise), the
+    EMA moves the tokenizer's trained weights and never its frozen tag table, and the
+    tile vectors are read through that tokenizer."""
+    import torch
+
+    from gjp.dataset.format import read_vocabulary
+    from gjp.dataset.loader import BatchIndices, TileDataset
+    from gjp.embedders.geojepa import load_geojepa
+    from gjp.models.geojepa import TileJepa
+    from gjp.pretrain.geojepa import build_model
+    from gjp.pretrain.masks import MaskConfig, MaskingCollator
+    from gjp.pretrain.runs import load_checkpoint
+
+    vocabulary = len(read_vocabulary(workspace / "dataset.h5"))
+    table = np.random.default_rng(0).standard_normal((vocabulary, 8)).astype(np.float32)
+    tokenizer, model, _ = build_model(config(workspace, modalities="T", modality_dropout=1.0, position_noise=0.1),
+                                      table, None)
+    step = TileJepa(tokenizer, model, target_tokenizer=True).train()
+    assert step.tokenizer.training and not step.target_tokenizer.training
+    ds = TileDataset(workspace / "dataset.h5")
+    batch = MaskingCollator(MaskConfig(), seed=0)(ds.__getitems__(BatchIndices(range(6), epoch=0, number=0)))
+    out = step(batch, torch.Generator().manual_seed(0))
+    clean = step.target_tokenizer(batch)[0]
+    assert torch.equal(out["targets"], model.target_encoder(clean, out["padding"]))
+    noisy = step.tokenizer(batch, torch.Generator().manual_seed(1))[0]
+    assert not torch.allclose(noisy, clean)   # the online tokens are augmented, the targets' not
+    frozen = step.target_tokenizer.tags.bag.weight.clone()
+    trained = step.target_tokenizer.tags.proj[0].weight.clone()
+    with torch.no_grad():
+        step.tokenizer.tags.proj[0].weight.add_(1.0)
+    step.update_target(0.5)
+    assert torch.equal(step.target_tokenizer.tags.bag.weight, frozen)
+    torch.testing.assert_close(step.target_tokenizer.tags.proj[0].weight, 0.5 * trained + 0.5 * (trained + 1.0))
+
+    ema = tmp_path / "ema"
+    pretrain_geojepa(ema, config(workspace, epochs=1, target_tokenizer="ema"), device="cpu")
+    checkpoint = load_checkpoint(ema / "checkpoint.pt")
+    tokenizer, _, _ = load_geojepa(ema)
+    for name, value in tokenizer.state_dict().items():
+        assert torch.equal(value, checkpoint["target_tokenizer"][name])
+    assert not all(torch.equal(checkpoint["tokenizer"][k], v) for k, v in checkpoint["target_tokenizer"].items())
+    # a run of the default (shared) tokenizer, or from before the option, is read through its only one
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    settings = json.loads((old / "config.json").read_text())
+    assert settings["train"].pop("target_tokenizer") == "shared"
+    (old / "config.json").write_text(json.dumps(settings))
+    checkpoint = load_checkpoint(old / "checkpoint.pt")
+    assert "target_tokenizer" not in checkpoint
+    tokenizer, _, _ = load_geojepa(old)
+    for name, value in tokenizer.state_dict().items():
+        assert torch.equal(value, checkpoint["tokenizer"][name])
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda r: (r / "checkpoint.pt").write_bytes(b"junk"), "not a readable checkpoint"),
     (lambda r: (r / "config.json").write_text((r / "config.json").read_text().replace('"geojepa"', '"polygnn"')),

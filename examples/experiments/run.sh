@@ -4,7 +4,8 @@
 #   usage: examples/experiments/run.sh OUT --train A.osm.pbf [B.osm.pbf …] --eval C.osm.pbf [D.osm.pbf …]
 #   env:   PRESET=tiny EPOCHS=8 MODALITIES="T T,G" SEEDS=5 HEADS="mlp linear" POLYGNN_EPOCHS=4
 #          ABLATIONS=examples/experiments/ablations.txt  (one run per line: NAME MODALITIES KEY=VALUE…,
-#          the settings of `gjp pretrain --set`; each becomes a model of its own, runs/geojepa-NAME)
+#          the settings of `gjp pretrain --set`, or preset=P / epochs=N; each becomes a model of its
+#          own, runs/geojepa-NAME)
 #
 # OUT/train/  the pretraining data: the pipeline over the --train extracts, the tag
 #             vocabulary and its embeddings, the geometry encoder, and one GeoJEPA run per
@@ -64,9 +65,15 @@ done
 if [ -n "${ABLATIONS:-}" ]; then
     while read -r name m settings; do
         case $name in ''|'#'*) continue ;; esac
-        sets=()
-        for kv in $settings; do sets+=(--set "$kv"); done
-        gjp -q pretrain --modalities "$m" --preset "$preset" --epochs "$epochs" --all-tiles \
+        sets=(--preset "$preset" --epochs "$epochs")   # preset=… and epochs=… override these
+        for kv in $settings; do
+            case $kv in
+                preset=*) sets+=(--preset "${kv#preset=}") ;;
+                epochs=*) sets+=(--epochs "${kv#epochs=}") ;;
+                *) sets+=(--set "$kv") ;;
+            esac
+        done
+        gjp -q pretrain --modalities "$m" --all-tiles \
             --geometry-encoder "$out/train/runs/polygnn-osm" "${sets[@]}" -o "runs/geojepa-$name" --overwrite
         models+=("$out/train/runs/geojepa-$name")
     done < "$ablations"

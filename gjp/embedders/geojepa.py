@@ -19,7 +19,9 @@ from gjp.ui import QUIET, Reporter
 
 
 def load_geojepa(run_dir: str | Path, device="cpu"):
-    """``(tokenizer, model, config)`` of a run, weights loaded and checked, in eval mode."""
+    """``(tokenizer, model, config)`` of a run, weights loaded and checked, in eval mode;
+    the tokenizer is the one whose tokens the target encoder read in training (the
+    moving-average one, by default)."""
 
     from gjp.models.geojepa import GeoJepaConfig
     from gjp.models.polygnn import PolygonEncoder, PolygonEncoderConfig
@@ -33,7 +35,8 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
     if not isinstance(checkpoint, dict) or not {"tokenizer", "model"} <= set(checkpoint):
         raise GjpError(f"{path}: not a GeoJEPA checkpoint (no tokenizer and model weights)")
     try:
-        train = GeoJepaTrainConfig(**config["train"])
+        # runs from before the target tokenizer read their targets through the online one
+        train = GeoJepaTrainConfig(**{"target_tokenizer": "shared", **config["train"]})
         model_config = GeoJepaConfig(**config["model_config"])
         table = np.zeros((config["vocabulary"], config["tag_dim"]), np.float32) if config.get("vocabulary") else None
         encoder = PolygonEncoder(PolygonEncoderConfig(**config["geometry_config"])) \
@@ -42,7 +45,11 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
     except (KeyError, TypeError, ValueError) as err:
         raise GjpError(f"{run_dir / 'config.json'}: damaged run configuration ({err})") from None
     tokenizer, model, _ = build_model(train, table, encoder, image_dim, model_config)
-    load_weights(tokenizer, checkpoint["tokenizer"], path)
+    # the tile vectors come from the target encoder, so through the tokenizer that fed it
+    weights = checkpoint.get("target_tokenizer") if train.target_tokenizer == "ema" else checkpoint["tokenizer"]
+    if weights is None:
+        raise GjpError(f"{path}: damaged checkpoint (no target tokenizer weights, but the run used one)")
+    load_weights(tokenizer, weights, path)
     load_weights(model, checkpoint["model"], path)
     return tokenizer.to(device).eval(), model.to(device).eval(), config
 

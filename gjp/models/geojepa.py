@@ -92,10 +92,12 @@ class GeoJepa(nn.Module):
         self.target_encoder.eval()  # always: its outputs are targets, not a model in training
         return self
 
-    def forward(self, tokens, conditions, padding, context_mask, target_masks) -> dict:
+    def forward(self, tokens, conditions, padding, context_mask, target_masks, target_tokens=None) -> dict:
+        """``target_tokens``: what the target encoder reads (the target tokenizer's clean
+        tokens); ``tokens`` when not given."""
         b, k, t = target_masks.shape
         with torch.no_grad():
-            targets = self.target_encoder(tokens, padding)
+            targets = self.target_encoder(tokens if target_tokens is None else target_tokens, padding)
         context_out = self.context_encoder(tokens, ~context_mask)
         def per_target(v):  # [B,…] → [B·K,…]: the K target blocks as one batch
             return v.repeat_interleave(k, dim=0)
@@ -132,13 +134,37 @@ class GeoJepa(nn.Module):
 class TileJepa(nn.Module):
     """A tokenizer and a :class:`GeoJepa` as one module: ``forward(batch, generator)`` is
     the JEPA step of one collated, masked batch (what DDP wraps, so both are trained and
-    synchronised together). The outputs are GeoJepa's plus the batch's ``padding``."""
+    synchronised together). The outputs are GeoJepa's plus the batch's ``padding``.
 
-    def __init__(self, tokenizer: nn.Module, model: GeoJepa):
+    Without ``target_tokenizer`` (the default), the target encoder reads the online
+    tokenizer's tokens. With it, the targets are read through a moving average of the
+    tokenizer, always in eval mode, as I-JEPA's target encoder is a moving average of the
+    whole context encoder, its input embedding included: targets are then clean (no
+    modality dropout, no position noise, which are the context's augmentations) and the
+    online tokenizer cannot shape them (``pretrain --set target_tokenizer=ema``)."""
+
+    def __init__(self, tokenizer: nn.Module, model: GeoJepa, target_tokenizer: bool = False):
         super().__init__()
         self.tokenizer, self.model = tokenizer, model
+        self.target_tokenizer = copy.deepcopy(tokenizer).requires_grad_(False) if target_tokenizer else None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.target_tokenizer is not None:
+            self.target_tokenizer.eval()
+        return self
 
     def forward(self, batch: dict, generator: torch.Generator | None = None) -> dict:
         tokens, conditions, padding = self.tokenizer(batch, generator)
-        out = self.model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"])
+        target_tokens = None
+        if self.target_tokenizer is not None:
+            with torch.no_grad():
+                target_tokens = self.target_tokenizer(batch)[0]
+        out = self.model(tokens, conditions, padding, batch["context_mask"], batch["target_masks"], target_tokens)
         return {**out, "padding": padding}
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        self.model.update_target(momentum)
+        if self.target_tokenizer is not None:
+            ema_update(self.target_tokenizer, self.tokenizer, momentum)

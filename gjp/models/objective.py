@@ -46,6 +46,9 @@ def vicreg_terms(x: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def ema_update(target: torch.nn.Module, online: torch.nn.Module, momentum: float) -> None:
-    """Move every parameter of ``target`` towards ``online``'s (same architecture)."""
+    """Move every parameter of ``target`` towards ``online``'s (same architecture). The
+    online module's frozen parameters (a tag table, a frozen encoder) are left alone: they
+    are equal already, and rounding would make them drift."""
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+        if o.requires_grad:
+            t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)

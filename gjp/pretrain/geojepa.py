@@ -33,6 +33,8 @@ from gjp.ui import QUIET, Reporter
 
 MODALITIES = ("T", "G", "I")
 IMAGE_TOKENS = ("patches", "patches+global")
+#: The tokens the target encoder reads: a moving average of the tokenizer (clean), or the online one.
+TARGET_TOKENIZERS = ("ema", "shared")
 
 
 @dataclass
@@ -51,7 +53,8 @@ class GeoJepaTrainConfig:
     accumulate: int = 1              # batches per optimiser step (and per process under torchrun)
     modality_dropout: float = 0.3
     position_noise: float = 5e-4
-    max_entities: int = 0            # crop tiles of more entities to a window of this many (0: never)
+    max_entities: int = 256          # crop tiles of more entities to a window of this many (0: never)
+    target_tokenizer: str = "shared" # the targets' tokens: shared (the online tokenizer's) or ema (a moving average, clean)
     collapse_std: float = 1e-3       # stop when the target outputs' spread falls below this
     seed: int = 0
     dataset: str = "dataset.h5"
@@ -71,6 +74,9 @@ class GeoJepaTrainConfig:
             raise GjpError(f"--modalities {self.modalities!r}: give a non-empty subset of T,G,I (e.g. T,G)")
         if self.image_tokens not in IMAGE_TOKENS:
             raise GjpError(f"--image-tokens {self.image_tokens!r}: choose one of {', '.join(IMAGE_TOKENS)}")
+        if self.target_tokenizer not in TARGET_TOKENIZERS:
+            raise GjpError(f"--set target_tokenizer={self.target_tokenizer}: choose one of "
+                           f"{', '.join(TARGET_TOKENIZERS)}")
         return chosen
 
 
@@ -313,7 +319,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     train_set, val_set, image_file, geometry_file = data.train, data.val, data.image_file, data.geometry_file
     table = _tag_table(data.files[0], config.tag_embeddings) if "T" in modalities else None
     tokenizer, model, model_config = build_model(config, table, data.encoder, image_file.dim if image_file else None)
-    step_module = TileJepa(tokenizer, model).to(device)
+    step_module = TileJepa(tokenizer, model, target_tokenizer=config.target_tokenizer == "ema").to(device)
     if config.compile:
         model.compile()  # in place: the state dict keeps its names
     trainer = step_module
@@ -354,6 +360,8 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
         try:
             tokenizer.load_state_dict(state["tokenizer"])
             model.load_state_dict(state["model"])
+            if step_module.target_tokenizer is not None:
+                step_module.target_tokenizer.load_state_dict(state["target_tokenizer"])
             optimiser.load_state_dict(state["optimizer"])
             _set_rng_states(state["rng"])
             step, first_epoch, val_loss = int(state["step"]), int(state["epoch"]), state["val_loss"]
@@ -395,7 +403,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
                 continue
             torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
             optimiser.step()
-            model.update_target(momentum)
+            step_module.update_target(momentum)
             # one collective per step: the per-process means (averaged) and counts (summed)
             reduced = ranks.sum(np.mean(parts, axis=0)[[0, 1, 2, 3, 6]].tolist()
                                 + np.sum(parts, axis=0)[[4, 5, 7]].tolist(), device)
@@ -423,7 +431,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
         if epoch + 1 < config.epochs:
             if ranks.main:
                 _save_progress(output, run_config, {
-                    **_training_state(tokenizer, model, optimiser, step), "epoch": epoch + 1, "val_loss": val_loss,
+                    **_training_state(step_module, optimiser, step), "epoch": epoch + 1, "val_loss": val_loss,
                     "metrics": json.dumps(metrics)})
             ranks.barrier()
     bar.close()
@@ -432,7 +440,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
     if not ranks.main:
         ranks.barrier()  # rank 0 is publishing the run
         return report
-    checkpoint = _training_state(tokenizer, model, optimiser, step)
+    checkpoint = _training_state(step_module, optimiser, step)
     summary = {"epochs": config.epochs, "steps": step, "train_loss": train_loss, "val_loss": val_loss,
                "seconds": round(seconds, 1)}
     write_run(output, overwrite, run_config, ("checkpoint.pt", checkpoint), metrics, summary,
@@ -551,11 +559,15 @@ def _peak_memory_mb(device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def _training_state(tokenizer, model, optimiser, step: int) -> dict:
-    """What a checkpoint (and an epoch's progress) holds to go on training."""
+def _training_state(step_module, optimiser, step: int) -> dict:
+    """What a checkpoint (and an epoch's progress) holds to go on training: the
+    tokenizer, the model, the target tokenizer when there is one, the optimiser."""
     cpu = lambda state: {k: v.detach().cpu() for k, v in state.items()}  # noqa: E731
-    return {"tokenizer": cpu(tokenizer.state_dict()), "model": cpu(model.state_dict()),
-            "optimizer": optimiser.state_dict(), "rng": _rng_states(), "step": step}
+    state = {"tokenizer": cpu(step_module.tokenizer.state_dict()), "model": cpu(step_module.model.state_dict()),
+             "optimizer": optimiser.state_dict(), "rng": _rng_states(), "step": step}
+    if step_module.target_tokenizer is not None:
+        state["target_tokenizer"] = cpu(step_module.target_tokenizer.state_dict())
+    return state
 
 
 def _validation_loss(step_module, dataset, sampler, collator, epoch, device, ranks) -> float:
