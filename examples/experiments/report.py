@@ -45,7 +45,8 @@ def main(out: Path) -> str:
         if "__" not in path.stem:
             dim, rank, cosine = _geometry(path)
             lines.append(f"| {path.stem} | {dim} | {rank:.1f} | {cosine:.3f} |")
-    lines += ["", "## Pretraining runs", "", "| run | modalities | preset | epochs | steps | seconds | tiles/s |"
+    lines += ["", "## Pretraining runs", "", "Seconds: the whole run, start-up included; tiles/s: over the time "
+              "the training steps took.", "", "| run | modalities | preset | epochs | steps | seconds | tiles/s |"
               " final loss | target std | effective rank |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run in sorted((out / "train" / "runs").glob("geojepa-*")):
         lines.append(_run_row(run))
@@ -133,10 +134,14 @@ def _run_row(run: Path) -> str:
     summary = json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = rows[-1] if rows else {}
-    speed = [r["tiles_per_s"] for r in rows if "tiles_per_s" in r]
+    speed = [r["tiles_per_s"] for r in rows if r.get("tiles_per_s")]
     train = config["train"]
+    # tiles over the seconds the steps took (each step's tiles / its rate), not a mean of rates
+    per_step = config.get("tiles_per_step", train["batch_size"])
+    step_seconds = sum(per_step / rate for rate in speed)
     return (f"| {run.name} | {train['modalities']} | {train['preset']} | {summary['epochs']} | {summary['steps']} | "
-            f"{summary['seconds']} | {sum(speed) / len(speed):.0f} | {last.get('loss', float('nan')):.4f} | "
+            f"{summary['seconds']} | {len(speed) * per_step / step_seconds:.0f} | "
+            f"{last.get('loss', float('nan')):.4f} | "
             f"{last.get('target_std', float('nan')):.3f} | {last.get('target_rank', float('nan')):.1f} |"
             if speed else f"| {run.name} | {train['modalities']} | | | | | | | | |")
 
