@@ -90,7 +90,15 @@ class TileBatch(list):
         self.epoch, self.number = epoch, number
 
 
-class TileDataset(Dataset):
+class _Tiles(Dataset):
+    """What a file of tiles and a set of shards share: batches read whole."""
+
+    def __getitems__(self, indices) -> TileBatch:
+        """A whole batch (what the DataLoader asks for), keeping its key."""
+        return TileBatch([self[i] for i in indices], getattr(indices, "epoch", None), getattr(indices, "number", None))
+
+
+class TileDataset(_Tiles):
     """Tiles of a ``dataset.h5``; ``indices`` restricts it to a subset (e.g. a split).
     ``images`` adds each tile's chip; ``image_tokens`` (the path of the dataset's cache,
     :func:`gjp.dataset.image_tokens.ensure_image_tokens`) its frozen backbone tokens;
@@ -162,10 +170,6 @@ class TileDataset(Dataset):
             ds = self._datasets[name] = self._file[name]
         return ds
 
-    def __getitems__(self, indices) -> TileBatch:
-        """A whole batch (what the DataLoader asks for), keeping its key."""
-        return TileBatch([self[i] for i in indices], getattr(indices, "epoch", None), getattr(indices, "number", None))
-
     def __getitem__(self, i: int) -> TileSample:
         self._h5()
         f = self._get
@@ -197,7 +201,7 @@ class TileDataset(Dataset):
         return sample
 
 
-class TileShards(Dataset):
+class TileShards(_Tiles):
     """The shards of one dataset (``pack-h5 --shard-tiles``), each a :class:`TileDataset`
     with its own subset and caches, as one dataset: sample ``i`` runs through the shards'
     samples in order, and a sample's ``index`` counts the tiles of the shards before it,
@@ -220,9 +224,6 @@ class TileShards(Dataset):
         sample = self.shards[k][i - int(self.starts[k])]
         sample.index += int(self.tile_bases[k])
         return sample
-
-    def __getitems__(self, indices) -> TileBatch:
-        return TileBatch([self[i] for i in indices], getattr(indices, "epoch", None), getattr(indices, "number", None))
 
 
 class LengthGroupedBatchSampler(Sampler):
