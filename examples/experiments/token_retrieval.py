@@ -1,0 +1,96 @@
+"""Where a GeoJEPA run loses what retrieval needs: precision@k (`gjp knn --eval`'s
+categories) of a tile vector pooled, [mean ‖ max] over a tile's entities, at each stage
+of the run's tokenizer and encoder:
+
+- ``tag``: the projected tag tokens alone (``TagTokens``; T runs);
+- ``fused``: the entity tokens after fusing tags and geometry (``EntityFusion``);
+- ``conditioning``: the min-box and modality encoding added to every token, alone;
+- ``tokens``: what the encoder reads (fused + conditioning);
+- ``output``: the target encoder's outputs, the run's tile vectors (as `gjp embed`).
+
+Also each stage's mean token norm, since a large addend drowns the others.
+
+    python examples/experiments/token_retrieval.py RUN_DIR [DATASET] [-k 8]
+
+A diagnostic for experiments: it holds every tile's pooled vectors in memory (tiles × 2d
+floats per stage), so it is meant for evaluation regions of thousands of tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gjp.dataset.loader import TileDataset, collate_tiles
+from gjp.embedders.geojepa import load_geojepa
+from gjp.evaluate.knn import CATEGORIES, search, tile_categories
+
+STAGES = ("tag", "fused", "conditioning", "tokens", "output")
+
+
+def pooled(values: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    real = (~padding)[..., None]
+    mean = (values * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+    peak = values.masked_fill(~real, float("-inf")).amax(dim=1)
+    return torch.cat([mean, torch.where(real.any(dim=1), peak, torch.zeros_like(peak))], dim=-1)
+
+
+def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict, dict, list[str]]:
+    """Per stage, the pooled vectors of every tile ``[N, 2d]`` and its mean token norm;
+    and the tile names."""
+    tokenizer, model, _ = load_geojepa(run)
+    seen: dict[str, torch.Tensor] = {}
+    if tokenizer.tags is not None:
+        tokenizer.tags.register_forward_hook(lambda m, i, o: seen.__setitem__("tag", o))
+    tokenizer.fusion.register_forward_hook(lambda m, i, o: seen.__setitem__("fused", o))
+    tokenizer.conditioning.register_forward_hook(lambda m, i, o: seen.__setitem__("conditioning", o))
+    data = TileDataset(dataset)
+    vectors = {s: [] for s in STAGES}
+    norms = {s: [] for s in STAGES}
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = collate_tiles([data[i] for i in range(start, min(len(data), start + batch_size))])
+            tokens, _, padding = tokenizer(batch)
+            _, output = model.embed(tokens, padding)
+            slots = (batch["entity_batch"], batch["entity_slot"])
+            per_slot = {"tokens": tokens, "output": output, "conditioning": seen["conditioning"]}
+            for stage in ("tag", "fused"):
+                if stage in seen:   # per entity: placed in the entity's slot
+                    per_slot[stage] = tokens.new_zeros(*padding.shape, seen[stage].shape[-1]).index_put(
+                        slots, seen[stage])
+            for stage, values in per_slot.items():
+                vectors[stage].append(pooled(values, padding))
+                norms[stage].append(float(values[~padding].norm(dim=-1).mean()))
+    return ({s: torch.cat(v).numpy() for s, v in vectors.items() if v},
+            {s: float(np.mean(n)) for s, n in norms.items() if n}, data.names)
+
+
+def precision(vectors: np.ndarray, members: dict[str, np.ndarray], k: int) -> float:
+    """Mean over categories of k+1 tiles or more of the share of neighbours in the category."""
+    scores = []
+    for rows in members.values():
+        if len(rows) >= k + 1:
+            idx, _ = search(vectors, vectors[rows], k, "cosine", exclude=rows)
+            scores.append(np.isin(idx, rows).mean())
+    return float(np.mean(scores))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("dataset", type=Path, nargs="?", default=Path("dataset.h5"))
+    parser.add_argument("-k", type=int, default=8)
+    args = parser.parse_args()
+    vectors, norms, names = stage_vectors(args.run, args.dataset)
+    members = tile_categories(args.dataset, names, CATEGORIES)
+    print(f"| {args.run.name}: stage | precision@{args.k} | mean token norm |\n|---|---:|---:|")
+    for stage in STAGES:
+        if stage in vectors:
+            print(f"| {stage} | {precision(vectors[stage], members, args.k):.3f} | {norms[stage]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
