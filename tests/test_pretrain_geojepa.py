@@ -378,3 +378,24 @@ def test_settings_for_ablations_reach_the_config_and_refuse_unknown_keys():
             with_settings(base, [bad])
     with pytest.raises(GjpError, match="model.nosuch: not a model setting"):
         build_model(with_settings(base, ["model.nosuch=1"]), np.zeros((5, 8), np.float32), None)
+
+
+def test_the_stage_diagnostic_of_a_run_reports_every_stage(workspace, run, tmp_path):
+    """examples/experiments/token_retrieval.py: precision@k at each stage, the last one the
+    run's own tile vectors (the same retrieval as `knn --eval` over them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "experiments" / "token_retrieval.py"
+    out = subprocess.run([sys.executable, str(script), str(run), str(workspace / "dataset.h5"), "-k", "2"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    rows = {line.split("|")[1].strip(): [float(c) for c in line.split("|")[2:4]] for line in out[2:]}
+    assert list(rows) == ["tag", "fused", "conditioning", "tokens", "output"]
+    assert all(0 <= p <= 1 and norm > 0 for p, norm in rows.values())
+    from gjp.embedders.embed import embed
+    from gjp.evaluate.knn import evaluate_retrieval
+
+    embed(str(run), workspace / "dataset.h5", tmp_path / "e.h5")
+    report = evaluate_retrieval(tmp_path / "e.h5", workspace / "dataset.h5", k=2, output_dir=tmp_path)
+    assert rows["output"][0] == pytest.approx(report.result["precision_mean"], abs=1e-3)
