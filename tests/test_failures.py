@@ -254,6 +254,11 @@ CASES = [
          ("dataset-00001.h5", "not a shard"), lambda ws: _copy(ws, "dataset.h5", "shards/dataset-00001.h5")),
     Case("pretrain-no-shards", ["pretrain", "--modalities", "T", "-i", "shards/", "-o", "runs/s"],
          ("shards", "without dataset shards"), lambda ws: (ws / "shards").mkdir()),
+    Case("pretrain-negative-crop", ["pretrain", "--modalities", "T", "--set", "max_entities=-1", "-o", "runs/s"],
+         ("max_entities=-1", "no crop")),
+    Case("pretrain-unknown-mask-strategy",
+         ["pretrain", "--modalities", "T", "--set", 'mask.strategies={"nope": 1}', "-o", "runs/s"],
+         ("--set mask", "nope")),
     # mktask
     Case("mktask-unknown-task", ["mktask", "nosuchtask"], ("nosuchtask",)),
     Case("mktask-spec-not-utf8", ["mktask", "--spec", "x.toml"], ("x.toml", "UTF-8"), write("x.toml", NOT_UTF8)),

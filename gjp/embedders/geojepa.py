@@ -21,7 +21,7 @@ from gjp.ui import QUIET, Reporter
 def load_geojepa(run_dir: str | Path, device="cpu"):
     """``(tokenizer, model, config)`` of a run, weights loaded and checked, in eval mode;
     the tokenizer is the one whose tokens the target encoder read in training (the
-    moving-average one, by default)."""
+    moving-average one with ``target_tokenizer=ema``, else the only one)."""
 
     from gjp.models.geojepa import GeoJepaConfig
     from gjp.models.polygnn import PolygonEncoder, PolygonEncoderConfig

@@ -77,6 +77,12 @@ class GeoJepaTrainConfig:
         if self.target_tokenizer not in TARGET_TOKENIZERS:
             raise GjpError(f"--set target_tokenizer={self.target_tokenizer}: choose one of "
                            f"{', '.join(TARGET_TOKENIZERS)}")
+        if self.max_entities < 0:
+            raise GjpError(f"--set max_entities={self.max_entities}: give 0 (no crop) or more")
+        try:  # the masks' settings (`--set mask.…`), before any data is read
+            MaskConfig(**self.mask).probabilities()
+        except (TypeError, ValueError) as err:
+            raise GjpError(f"--set mask: {err}") from None
         return chosen
 
 
