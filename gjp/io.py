@@ -474,7 +474,6 @@ def hdf5_output(final: str | Path, overwrite: bool = False, **kwargs):
     succeeds (see :func:`atomic_file`). A full disk or a file-size limit fails with one
     line naming ``final``; Ctrl-C and SIGTERM stop the write and leave nothing behind.
     Loops writing many pieces should call ``check_pending(f)`` now and then."""
-
     final = Path(final)
     with atomic_file(final, overwrite) as tmp, held_signals() as signals:
         with open(tmp, "r+b", buffering=0) as raw:
@@ -606,7 +605,6 @@ def check_format(found_format, found_version, path: str | Path, fmt: str, versio
 def open_hdf5(path: str | Path, fmt: str, version: int, what: str, made_by: str):
     """Open a gjp HDF5 file read-only, checking that it exists, is HDF5, and carries the
     ``format`` and ``format_version`` attributes this gjp reads; clear errors otherwise."""
-
     path = Path(path)
     if not path.exists():
         raise GjpError(f"{path}: no such file (make it with `{made_by}`)")

@@ -131,7 +131,6 @@ def summarize(path: str | Path) -> tuple[str, dict]:
 
 
 def _hdf5_format(path: Path) -> str | None:
-
     try:
         with open_h5(path, "r") as f:
             found = f.attrs.get("format")

@@ -27,15 +27,9 @@ import torch
 from gjp.dataset.loader import TileDataset, collate_tiles
 from gjp.embedders.geojepa import load_geojepa
 from gjp.evaluate.knn import CATEGORIES, search, tile_categories
+from gjp.models.geojepa import pool_tiles
 
 STAGES = ("tag", "fused", "conditioning", "tokens", "output")
-
-
-def pooled(values: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-    real = (~padding)[..., None]
-    mean = (values * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
-    peak = values.masked_fill(~real, float("-inf")).amax(dim=1)
-    return torch.cat([mean, torch.where(real.any(dim=1), peak, torch.zeros_like(peak))], dim=-1)
 
 
 def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict, dict, list[str]]:
@@ -62,7 +56,7 @@ def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict
                     per_slot[stage] = tokens.new_zeros(*padding.shape, seen[stage].shape[-1]).index_put(
                         slots, seen[stage])
             for stage, values in per_slot.items():
-                vectors[stage].append(pooled(values, padding))
+                vectors[stage].append(pool_tiles(values, padding))
                 norms[stage].append(float(values[~padding].norm(dim=-1).mean()))
     return ({s: torch.cat(v).numpy() for s, v in vectors.items() if v},
             {s: float(np.mean(n)) for s, n in norms.items() if n}, data.names)

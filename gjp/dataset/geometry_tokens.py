@@ -129,7 +129,6 @@ class GeometryTokenFile:
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         if self._file is None or self._pid != os.getpid():
-
             self._file = open_h5(self.path, "r")
             self._pid = os.getpid()
         return self._file["vectors"][start:stop]

@@ -122,7 +122,6 @@ def ensure_image_tokens(dataset: str | Path, backbone: str = DEFAULT_BACKBONE, w
 def _is_fresh(path: Path, want: dict, n_tiles: int, n_images: int) -> bool:
     """True when the cache at ``path`` is the one wanted; False when it is stale or
     foreign; a damaged file is a :class:`GjpError`."""
-
     try:
         with open_h5(path, "r") as f:
             fmt = f.attrs.get("format")
@@ -278,7 +277,6 @@ class ImageTokenFile:
 
     def _h5(self):
         if self._file is None or self._pid != os.getpid():
-
             self._file = open_h5(self.path, "r")
             self._pid = os.getpid()
         return self._file

@@ -123,12 +123,17 @@ class GeoJepa(nn.Module):
     def embed(self, tokens, padding) -> tuple[torch.Tensor, torch.Tensor]:
         """(tile vectors [B, 2d] = [mean ‖ max] over real tokens, token outputs [B,T,d])."""
         out = self.target_encoder(tokens, padding)
-        real = (~padding)[..., None]
-        count = real.sum(dim=1).clamp(min=1)
-        mean = (out * real).sum(dim=1) / count
-        peak = out.masked_fill(~real, float("-inf")).amax(dim=1)
-        peak = torch.where(real.any(dim=1), peak, torch.zeros_like(peak))
-        return torch.cat([mean, peak], dim=-1), out
+        return pool_tiles(out, padding), out
+
+
+def pool_tiles(values: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """``[B,T,d]`` token values → ``[B,2d]`` tile vectors: [mean ‖ max] over real tokens
+    (padding never counts; a tile without any real token gets zeros)."""
+    real = (~padding)[..., None]
+    mean = (values * real).sum(dim=1) / real.sum(dim=1).clamp(min=1)
+    peak = values.masked_fill(~real, float("-inf")).amax(dim=1)
+    peak = torch.where(real.any(dim=1), peak, torch.zeros_like(peak))
+    return torch.cat([mean, peak], dim=-1)
 
 
 class TileJepa(nn.Module):

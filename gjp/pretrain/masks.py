@@ -73,6 +73,11 @@ def mask_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, batch, 0x6D61736B])  # the last word keeps it apart from other uses
 
 
+def box_centres(min_box: np.ndarray) -> np.ndarray:
+    """``[..., 8]`` min boxes (four corners) → ``[..., 2]`` the mean of their corners."""
+    return min_box.reshape(*min_box.shape[:-1], 4, 2).mean(axis=-2)
+
+
 def crop_rng(seed: int, epoch: int, batch: int) -> np.random.Generator:
     """The generator of one batch's crops (a stream apart from its masks')."""
     return np.random.default_rng([seed, epoch, batch, 0x63726F70])
@@ -233,11 +238,11 @@ class MaskingCollator:
         if self.max_entities:  # a tile of more entities is cropped to a window of them
             rng = crop_rng(self.seed, epoch, number)
             samples = [s if len(s.kind) <= self.max_entities else
-                       s.select(crop(s.min_box.reshape(-1, 4, 2).mean(axis=1), self.max_entities, rng))
+                       s.select(crop(box_centres(s.min_box), self.max_entities, rng))
                        for s in samples]
         batch = collate_tiles(samples)
         valid = ~batch["padding_mask"].numpy() if self.entities else np.zeros(batch["padding_mask"].shape, bool)
-        centres = batch["min_box"].numpy().reshape(*valid.shape, 4, 2).mean(axis=2)
+        centres = box_centres(batch["min_box"].numpy())
         modality = np.where(valid, self.ENTITY, 0)
         if self.images:
             if "image_tokens" not in batch:
