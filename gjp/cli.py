@@ -447,9 +447,11 @@ def pack_cmd(input_dir, images_dir, output, min_tag_count, vocab_from, images_on
               help="Task directory [default: tasks/NAME or tasks/NAME-masked].")
 @click.option("--splits", type=click.Path(path_type=Path), default=None,
               help="Group → split table shared by all tasks [default: splits.csv beside the task directory].")
+@click.option("--fractions", default="0.8,0.1,0.1", show_default=True,
+              help="Train, val and test shares of the groups, when the splits table is made (an existing one is kept).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the splits and the zero-label pruning.")
 @common
-def mktask_cmd(name, masked, spec_file, dataset, output, splits, seed, overwrite, quiet):
+def mktask_cmd(name, masked, spec_file, dataset, output, splits, fractions, seed, overwrite, quiet):
     """Make a downstream task: labels per tile, splits and statistics.
 
     NAME is a built-in task (traffic_signals, bridge, car_bridge, building_count,
@@ -462,7 +464,7 @@ def mktask_cmd(name, masked, spec_file, dataset, output, splits, seed, overwrite
       gjp mktask bridge --masked
       gjp mktask --spec my_task.toml -i dataset.h5
     """
-    from gjp.tasks.make import make_task
+    from gjp.tasks.make import make_task, parse_fractions
     from gjp.tasks.spec import load_spec
 
     if spec_file is None and name is None:
@@ -473,8 +475,8 @@ def mktask_cmd(name, masked, spec_file, dataset, output, splits, seed, overwrite
     reporter = _reporter(quiet)
     task_name = spec.name + ("-masked" if masked else "")
     output = output or Path("tasks") / task_name
-    report = make_task(spec, dataset, output, masked=masked, seed=seed, splits=splits, overwrite=overwrite,
-                       reporter=reporter)
+    report = make_task(spec, dataset, output, masked=masked, seed=seed, splits=splits,
+                       fractions=parse_fractions(fractions), overwrite=overwrite, reporter=reporter)
     reporter.info(report.summary())
     click.echo(str(output))
 

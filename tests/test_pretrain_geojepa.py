@@ -380,6 +380,38 @@ def test_settings_for_ablations_reach_the_config_and_refuse_unknown_keys():
         build_model(with_settings(base, ["model.nosuch=1"]), np.zeros((5, 8), np.float32), None)
 
 
+def test_balanced_tokens_and_a_share_of_the_tiles_are_settings_a_run_keeps(workspace, run, tmp_path):
+    """balanced_tokens: entity tokens LayerNorm-ed and a small modality embedding, so the
+    conditioning does not drown the content; tile_fraction: a seeded share of the train
+    tiles (the scaling study). Both reach the saved run, and embed rebuilds it."""
+    import torch
+
+    from gjp.embedders.geojepa import geojepa_embeddings, load_geojepa
+    from gjp.pretrain.geojepa import build_model
+
+    table = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    plain, _, _ = build_model(GeoJepaTrainConfig(modalities="T"), table, None)
+    balanced, _, _ = build_model(GeoJepaTrainConfig(modalities="T", balanced_tokens=True), table, None)
+    assert plain.conditioning.modality.weight.std() > 0.5 > 0.05 > balanced.conditioning.modality.weight.std()
+    entities = balanced.eval().fusion(balanced.tags(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 2])), None)
+    torch.testing.assert_close(entities.std(dim=-1, unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+
+    half = tmp_path / "half"
+    pretrain_geojepa(half, config(workspace, epochs=1, balanced_tokens=True, tile_fraction=0.5), device="cpu")
+    whole = json.loads((run / "config.json").read_text())["tiles"]["train"]
+    saved = json.loads((half / "config.json").read_text())
+    assert saved["tiles"]["train"] == round(whole / 2) and saved["train"]["balanced_tokens"] is True
+    tokenizer, _, _ = load_geojepa(half)
+    assert isinstance(tokenizer.fusion.mlp[-1], torch.nn.LayerNorm)
+    one = geojepa_embeddings(workspace / "dataset.h5", half, batch_size=1)
+    many = geojepa_embeddings(workspace / "dataset.h5", half, batch_size=16)
+    np.testing.assert_allclose(one.vectors, many.vectors, atol=1e-5)
+    for bad in (0.0, 1.5):
+        with pytest.raises(GjpError, match="tile_fraction"):
+            pretrain_geojepa(tmp_path / "bad", config(workspace, tile_fraction=bad), device="cpu")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_the_stage_diagnostic_of_a_run_reports_every_stage(workspace, run, tmp_path):
     """examples/experiments/token_retrieval.py: precision@k at each stage, the last one the
     run's own tile vectors (the same retrieval as `knn --eval` over them)."""

@@ -137,6 +137,28 @@ def test_splits_are_by_group_shared_and_seeded(monaco_dataset, tmp_path):
     assert (tasks / "splits.csv").read_bytes() != (tmp_path / "seed1" / "splits.csv").read_bytes()
 
 
+def test_split_fractions_cut_the_groups_when_the_table_is_made_and_never_after(monaco_dataset, tmp_path):
+    from gjp.tasks.make import parse_fractions
+
+    _, _, path = monaco_dataset
+    make_task(load_spec("bridge"), path, tmp_path / "wide" / "bridge", fractions=(0.5, 0.25, 0.25))
+    make_task(load_spec("bridge"), path, tmp_path / "default" / "bridge")
+    def counts(directory):
+        splits = [line.split(",")[1] for line in (directory / "splits.csv").read_text().split()[1:]]
+        return {s: splits.count(s) for s in ("train", "val", "test")}
+    wide, default = counts(tmp_path / "wide"), counts(tmp_path / "default")
+    groups = sum(wide.values())
+    assert wide["train"] == round(0.5 * groups) and wide["val"] == round(0.25 * groups)
+    assert wide["val"] > default["val"] and wide["test"] > default["test"]
+    before = (tmp_path / "wide" / "splits.csv").read_bytes()  # a second task shares the table as it is
+    make_task(load_spec("building_count"), path, tmp_path / "wide" / "building_count", fractions=(0.8, 0.1, 0.1))
+    assert (tmp_path / "wide" / "splits.csv").read_bytes() == before
+    assert parse_fractions("0.6,0.2,0.2") == (0.6, 0.2, 0.2)
+    for bad in ("0.6,0.2", "0.5,0.5,0", "a,b,c", "0.6,0.3,0.3"):
+        with pytest.raises(GjpError, match="three positive shares"):
+            parse_fractions(bad)
+
+
 def test_zero_label_pruning_is_seeded_and_shared_by_the_masked_variant(monaco_dataset, tmp_path):
     _, _, path = monaco_dataset
     spec = load_spec("traffic_signals")

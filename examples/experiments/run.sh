@@ -3,6 +3,10 @@
 #
 #   usage: examples/experiments/run.sh OUT --train A.osm.pbf [B.osm.pbf …] --eval C.osm.pbf [D.osm.pbf …]
 #   env:   PRESET=tiny EPOCHS=8 MODALITIES="T T,G" SEEDS=5 HEADS="mlp linear" POLYGNN_EPOCHS=4
+#          PRETRAIN_SEEDS=3  (pretraining seeds per configuration: runs NAME, NAME-seed1, NAME-seed2; the
+#          report averages them)
+#          FRACTIONS=0.6,0.2,0.2  (train/val/test shares of the evaluation groups, for the probes: larger
+#          validation and test splits than mktask's 0.8,0.1,0.1, since no model pretrains there)
 #          ABLATIONS=examples/experiments/ablations.txt  (one run per line: NAME MODALITIES KEY=VALUE…,
 #          the settings of `gjp pretrain --set`, or preset=P / epochs=N; each becomes a model of its
 #          own, runs/geojepa-NAME)
@@ -33,7 +37,7 @@ if [ ${#train[@]} -eq 0 ] || [ ${#evaluate[@]} -eq 0 ]; then
     echo "usage: run.sh OUT --train A.osm.pbf … --eval C.osm.pbf …" >&2
     exit 2
 fi
-preset=${PRESET:-tiny} epochs=${EPOCHS:-8} seeds=${SEEDS:-5}
+preset=${PRESET:-tiny} epochs=${EPOCHS:-8} seeds=${SEEDS:-5} pretrain_seeds=${PRETRAIN_SEEDS:-3}
 ablations=${ABLATIONS:+$(realpath "$ABLATIONS")}
 read -r -a modality_sets <<< "${MODALITIES:-T T,G}"
 read -r -a heads <<< "${HEADS:-mlp linear}"
@@ -55,12 +59,20 @@ gjp -q embed-tags --overwrite
 gjp -q pretrain --model polygnn --pretext osm --epochs "${POLYGNN_EPOCHS:-4}" --max-entities 6000 \
     -o runs/polygnn-osm --overwrite
 models=(tagcount tagpool)
+pretrain_seeds() {  # NAME PRETRAIN-ARGS…: one run per pretraining seed, NAME, NAME-seed1, NAME-seed2, …
+    local name=$1 seed run
+    shift
+    for ((seed = 0; seed < pretrain_seeds; seed++)); do
+        run=runs/$name
+        [ "$seed" -gt 0 ] && run=runs/$name-seed$seed
+        # every train tile: the evaluation regions are other extracts altogether
+        gjp -q pretrain --all-tiles --geometry-encoder "$out/train/runs/polygnn-osm" "$@" --set "seed=$seed" \
+            -o "$run" --overwrite
+        models+=("$out/train/$run")
+    done
+}
 for m in "${modality_sets[@]}"; do
-    name=geojepa-${m//,/}
-    # every train tile: the evaluation regions are other extracts altogether
-    gjp -q pretrain --modalities "$m" --preset "$preset" --epochs "$epochs" --all-tiles \
-        --geometry-encoder "$out/train/runs/polygnn-osm" -o "runs/$name" --overwrite
-    models+=("$out/train/runs/$name")
+    pretrain_seeds "geojepa-${m//,/}" --modalities "$m" --preset "$preset" --epochs "$epochs"
 done
 if [ -n "${ABLATIONS:-}" ]; then
     while read -r name m settings; do
@@ -73,9 +85,7 @@ if [ -n "${ABLATIONS:-}" ]; then
                 *) sets+=(--set "$kv") ;;
             esac
         done
-        gjp -q pretrain --modalities "$m" --all-tiles \
-            --geometry-encoder "$out/train/runs/polygnn-osm" "${sets[@]}" -o "runs/geojepa-$name" --overwrite
-        models+=("$out/train/runs/geojepa-$name")
+        pretrain_seeds "geojepa-$name" --modalities "$m" "${sets[@]}"
     done < "$ablations"
 fi
 
@@ -87,7 +97,7 @@ cp "$out/train/tag-embeddings.parquet" .   # the same vocabulary, so the same ta
 rm -rf tasks embeddings results
 tasks=(traffic_signals bridge car_bridge building_count max_speed)
 for task in "${tasks[@]}"; do
-    gjp -q mktask "$task" --masked
+    gjp -q mktask "$task" --masked --fractions "${FRACTIONS:-0.6,0.2,0.2}"
 done
 for model in "${models[@]}"; do
     name=${model##*/}

@@ -35,8 +35,8 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
     if not isinstance(checkpoint, dict) or not {"tokenizer", "model"} <= set(checkpoint):
         raise GjpError(f"{path}: not a GeoJEPA checkpoint (no tokenizer and model weights)")
     try:
-        # runs from before the target tokenizer read their targets through the online one
-        train = GeoJepaTrainConfig(**{"target_tokenizer": "shared", **config["train"]})
+        # runs from before these settings: targets through the online tokenizer, tokens unbalanced
+        train = GeoJepaTrainConfig(**{"target_tokenizer": "shared", "balanced_tokens": False, **config["train"]})
         model_config = GeoJepaConfig(**config["model_config"])
         table = np.zeros((config["vocabulary"], config["tag_dim"]), np.float32) if config.get("vocabulary") else None
         encoder = PolygonEncoder(PolygonEncoderConfig(**config["geometry_config"])) \

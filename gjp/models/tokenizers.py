@@ -13,6 +13,11 @@ a frozen backbone, and the conditioning every token gets (where it is, which mod
 - :class:`Conditioning`: an MLP of a token's 8-number min box plus a learned embedding of
   its modality, returned for the caller to add (never added in place); in training the
   min box first gets Gaussian noise (σ = 5e-4 tile units, about 0.25 m in the US).
+- ``balanced`` (``pretrain --set balanced_tokens=true``): the fused entity token is
+  LayerNorm-ed, as the tag, geometry and image projections are, and the modality
+  embedding starts at std 0.02 instead of N(0, 1). Unbalanced, the modality vector (norm
+  ≈ √dim, the same for every entity) outweighs the entity's content about six to one at
+  the encoder's input, and what the tile vectors keep of the tags is drowned.
 - :class:`ImageTokens`: the cached patch and global tokens of a frozen image backbone,
   Linear → LayerNorm; each patch's min box is its square of the tile.
 - :class:`TileTokenizer`: a collated batch → the token sequence of each tile (entities,
@@ -57,10 +62,11 @@ class GeometryTokens(nn.Module):
 
 
 class EntityFusion(nn.Module):
-    def __init__(self, dim: int, dropout: float = 0.3):
+    def __init__(self, dim: int, dropout: float = 0.3, norm: bool = False):
         super().__init__()
         self.dropout = dropout
-        self.mlp = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim),
+                                 *([nn.LayerNorm(dim)] if norm else []))
 
     def forward(self, tag: torch.Tensor | None, geometry: torch.Tensor | None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -78,11 +84,13 @@ class EntityFusion(nn.Module):
 
 
 class Conditioning(nn.Module):
-    def __init__(self, dim: int, noise: float = 5e-4):
+    def __init__(self, dim: int, noise: float = 5e-4, small_modality: bool = False):
         super().__init__()
         self.noise = noise
         self.box = nn.Sequential(nn.Linear(8, dim), nn.GELU(), nn.Linear(dim, dim))
         self.modality = nn.Embedding(MODALITIES, dim)
+        if small_modality:  # as ViT's position embeddings: a nudge, not N(0, 1) (norm √dim) over the content
+            nn.init.trunc_normal_(self.modality.weight, std=0.02)
 
     def forward(self, min_box: torch.Tensor, modality: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -115,14 +123,14 @@ class TileTokenizer(nn.Module):
 
     def __init__(self, dim: int, tags: TagTokens | None, geometry: GeometryTokens | None,
                  images: ImageTokens | None = None, dropout: float = 0.3, noise: float = 5e-4,
-                 image_global: bool = True):
+                 image_global: bool = True, balanced: bool = False):
         super().__init__()
         if tags is None and geometry is None and images is None:
             raise ValueError("a tokenizer needs tags, geometry, images or some of them")
         self.dim, self.tags, self.geometry, self.images = dim, tags, geometry, images
         self.image_global = image_global
-        self.fusion = EntityFusion(dim, dropout) if tags is not None or geometry is not None else None
-        self.conditioning = Conditioning(dim, noise)
+        self.fusion = EntityFusion(dim, dropout, norm=balanced) if tags is not None or geometry is not None else None
+        self.conditioning = Conditioning(dim, noise, small_modality=balanced)
 
     def forward(self, batch: dict, generator: torch.Generator | None = None):
         padding = batch["padding_mask"]

@@ -55,6 +55,8 @@ class GeoJepaTrainConfig:
     position_noise: float = 5e-4
     max_entities: int = 256          # crop tiles of more entities to a window of this many (0: never)
     target_tokenizer: str = "shared" # the targets' tokens: shared (the online tokenizer's) or ema (a moving average, clean)
+    balanced_tokens: bool = False    # entity tokens LayerNorm-ed, modality embedding started small (content ≈ conditioning in scale)
+    tile_fraction: float = 1.0       # pretrain on this seeded share of the train tiles (the scaling study)
     collapse_std: float = 1e-3       # stop when the target outputs' spread falls below this
     seed: int = 0
     dataset: str = "dataset.h5"
@@ -77,6 +79,8 @@ class GeoJepaTrainConfig:
         if self.target_tokenizer not in TARGET_TOKENIZERS:
             raise GjpError(f"--set target_tokenizer={self.target_tokenizer}: choose one of "
                            f"{', '.join(TARGET_TOKENIZERS)}")
+        if not 0 < self.tile_fraction <= 1:
+            raise GjpError(f"--set tile_fraction={self.tile_fraction}: give a share in (0, 1]")
         if self.max_entities < 0:
             raise GjpError(f"--set max_entities={self.max_entities}: give 0 (no crop) or more")
         try:  # the masks' settings (`--set mask.…`), before any data is read
@@ -184,7 +188,8 @@ def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_d
     geometry = GeometryTokens(geometry_encoder, model_config.dim) if "G" in modalities else None
     images = ImageTokens(image_dim, model_config.dim) if "I" in modalities else None
     tokenizer = TileTokenizer(model_config.dim, tags, geometry, images, config.modality_dropout,
-                              config.position_noise, image_global=config.image_tokens == "patches+global")
+                              config.position_noise, image_global=config.image_tokens == "patches+global",
+                              balanced=config.balanced_tokens)
     return tokenizer, GeoJepa(model_config), model_config
 
 
@@ -541,6 +546,10 @@ def _open_data(config: GeoJepaTrainConfig, modalities: set[str], device, ranks, 
             if not modalities & {"T", "G"}:  # images alone: tiles without one have no token
                 train_tiles = train_tiles[image_file.rows[train_tiles] >= 0]
                 val_tiles = val_tiles[image_file.rows[val_tiles] >= 0]
+        if config.tile_fraction < 1:  # a seeded share, the same for every process and worker
+            keep = max(1, round(config.tile_fraction * len(train_tiles)))
+            rng = np.random.default_rng([config.seed, 0x7469_6C65])
+            train_tiles = np.sort(rng.choice(train_tiles, keep, replace=False))
         data.train.append(TileDataset(path, train_tiles, **caches))
         data.val.append(TileDataset(path, val_tiles, **caches))
     if not sum(len(d) for d in data.train):

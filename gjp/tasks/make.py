@@ -114,10 +114,12 @@ def tile_labels(spec: TaskSpec, tags: RawTags) -> tuple[np.ndarray, np.ndarray, 
 
 # --------------------------------------------------------------------------- splits
 
-def load_or_make_splits(path: Path, groups: list[str], seed: int) -> tuple[dict[str, str], bool]:
+def load_or_make_splits(path: Path, groups: list[str], seed: int,
+                        fractions: tuple[float, float, float] = FRACTIONS) -> tuple[dict[str, str], bool]:
     """Group → split, from ``path`` when it exists (groups it lacks are added by a seeded
-    hash), else a seeded 80/10/10 permutation of the groups; and whether ``path`` must be
-    (re)written with :func:`write_splits` (the caller does so once its own output is safe)."""
+    hash), else a seeded permutation of the groups cut at ``fractions`` (train, val, test;
+    80/10/10 unless told); and whether ``path`` must be (re)written with
+    :func:`write_splits` (the caller does so once its own output is safe)."""
     existing = read_splits(path) if path.exists() else {}
     unique = sorted(set(groups))
     missing = [g for g in unique if g not in existing]
@@ -125,8 +127,8 @@ def load_or_make_splits(path: Path, groups: list[str], seed: int) -> tuple[dict[
         return existing, False
     if not existing:
         order = np.random.default_rng(seed).permutation(len(unique))
-        n_train = int(round(FRACTIONS[0] * len(unique)))
-        n_val = int(round(FRACTIONS[1] * len(unique)))
+        n_train = int(round(fractions[0] * len(unique)))
+        n_val = int(round(fractions[1] * len(unique)))
         if len(unique) >= 3:
             n_train = min(n_train, len(unique) - 2)
             n_val = max(n_val, 1)
@@ -135,7 +137,7 @@ def load_or_make_splits(path: Path, groups: list[str], seed: int) -> tuple[dict[
     else:
         for g in missing:
             u = _unit(seed, "split", g)
-            existing[g] = "train" if u < FRACTIONS[0] else "val" if u < FRACTIONS[0] + FRACTIONS[1] else "test"
+            existing[g] = "train" if u < fractions[0] else "val" if u < fractions[0] + fractions[1] else "test"
     return existing, True
 
 
@@ -156,18 +158,33 @@ def _unit(seed: int, purpose: str, name: str) -> float:
 
 # --------------------------------------------------------------------------- the step
 
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """``"0.6,0.2,0.2"`` → the train, val and test shares of the groups (they sum to 1,
+    and each split gets some)."""
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0 or abs(sum(parts) - 1) > 1e-6:
+        raise GjpError(f"--fractions {text!r}: give three positive shares TRAIN,VAL,TEST that sum to 1 "
+                       "(e.g. 0.6,0.2,0.2)")
+    return parts
+
+
 def make_task(spec: TaskSpec, dataset: str | Path = "dataset.h5", output: str | Path | None = None, *,
               masked: bool = False, seed: int = 0, splits: str | Path | None = None,
+              fractions: tuple[float, float, float] = FRACTIONS,
               overwrite: bool = False, reporter: Reporter = QUIET) -> TaskReport:
     """``gjp mktask``: write ``tasks/NAME[-masked]/`` (see the module doc and
-    docs/FORMATS.md)."""
+    docs/FORMATS.md). ``fractions`` (train, val, test) cut the groups when the splits
+    table is made; an existing table is kept as it is (every task shares it)."""
     dataset = Path(dataset)
     name = spec.name + ("-masked" if masked else "")
     output = Path(output) if output is not None else Path("tasks") / name
     splits = Path(splits) if splits is not None else output.parent / "splits.csv"
     check_output_free(output, overwrite, directory=True)
     with open_dataset(dataset) as f:
-        split_of, splits_changed = load_or_make_splits(splits, _groups(f), seed)
+        split_of, splits_changed = load_or_make_splits(splits, _groups(f), seed, fractions)
         report = TaskReport(name=name, tiles=len(f["tiles/name"]))
         task_info = {"format": TASK_FORMAT, "format_version": TASK_VERSION,
                      "task": spec.name, "masked": masked, "rule": spec.rule, "clamp": list(spec.clamp),
