@@ -53,3 +53,12 @@ def test_the_headline_averages_seeds_and_ignores_incomplete_runs(report):
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in table if line.startswith("| geojepa")}
     assert rows["geojepa-B"][:2] == ["3", "2"] and rows["geojepa-C"][:2] == ["1", "1"]
     assert rows["geojepa-B"][-1] == "0.300 ± 0.100 |"          # precision@k over the three seeds
+
+
+def test_tasks_the_dummy_wins_are_named(report):
+    probes = [probe("tagpool", "a", 1.0, 11.0), probe("geojepa-A", "a", 2.0, 12.0),   # dummy wins test only
+              probe("tagpool", "b", 11.0, 12.0), probe("geojepa-A", "b", 12.0, 13.0),  # dummy wins both
+              probe("tagpool", "c", 1.0, 1.0), probe("geojepa-A", "c", 11.0, 1.0)]     # a model wins both
+    assert report.dummy_wins(probes) == {"a": ["test"], "b": ["val", "test"]}
+    text = "\n".join(report._per_task(["a", "b", "c"], probes))
+    assert "`a` (test); `b` (val and test)" in text
