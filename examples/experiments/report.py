@@ -72,22 +72,35 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _best_on_val(probes: list[dict], retrieval: list[dict], complete_only: bool = False) -> dict[str, dict]:
+    """Model → its best (head) row on the validation split; ``complete_only``: only the
+    models scored on every task."""
+    _, val_rows = score_table(probes, retrieval, "val")
+    rows = [r for r in val_rows if r["head"] is not None]
+    complete = max((r["tasks_scored"] for r in rows), default=0)
+    best = {}
+    for row in rows:   # rows come best first
+        if not complete_only or row["tasks_scored"] == complete:
+            best.setdefault(row["model"], row)
+    return best
+
+
+def _by_configuration(models) -> dict[str, list[str]]:
+    """Configuration → its runs (a GeoJEPA run's seeds together; any other model alone)."""
+    groups: dict[str, list[str]] = {}
+    for m in sorted(models):
+        groups.setdefault(configuration(m) if m.startswith("geojepa") else m, []).append(m)
+    return groups
+
+
 def _headline(probes: list[dict], retrieval: list[dict]) -> list[str]:
     """GeoJEPA against TagPool and TagCount, every choice made on the validation split:
     each model's probe head, and which GeoJEPA configuration (modalities, ablation; its
     pretraining seeds averaged) stands for GeoJEPA. Only runs with every task are
     eligible. Then the test split scores the chosen rows once: the configuration's test
     score and precision@k are reported as mean ± sd over its seeds."""
-    _, val_rows = score_table(probes, retrieval, "val")
-    complete = max((r["tasks_scored"] for r in val_rows if r["head"] is not None), default=0)
-    best = {}   # model → its best (head) row on val; rows come best first
-    for row in val_rows:
-        if row["head"] is not None and row["tasks_scored"] == complete:
-            best.setdefault(row["model"], row)
-    seeds: dict[str, list[str]] = {}
-    for m in sorted(best):
-        if m.startswith("geojepa"):
-            seeds.setdefault(configuration(m), []).append(m)
+    best = _best_on_val(probes, retrieval, complete_only=True)
+    seeds = {c: runs for c, runs in _by_configuration(best).items() if c.startswith("geojepa")}
     mean_val = {c: statistics.mean(best[m]["score"] for m in runs) for c, runs in seeds.items()}
     ranked = sorted(seeds, key=lambda c: (-mean_val[c], c))
     lines = ["## Headline: chosen on validation, scored on test", ""]
@@ -100,7 +113,7 @@ def _headline(probes: list[dict], retrieval: list[dict]) -> list[str]:
     baselines = [m for m in ("tagpool", "tagcount") if m in best]
     keep = {(m, best[m]["head"]) for m in chosen_runs + baselines}
     tasks, rows = score_table([p for p in probes if (p["model"], p["head"]) in keep],
-                              [r for r in retrieval if r["model"] in keep | set(chosen_runs + baselines)])
+                              [r for r in retrieval if r["model"] in chosen_runs + baselines])
     test = {r["model"]: r for r in rows if r["head"] is not None}
     def summary(models: list[str]) -> str:
         precision = [test[m]["precision"] for m in models if test[m]["precision"] is not None]
@@ -126,15 +139,9 @@ def _configurations(probes: list[dict], retrieval: list[dict], test_rows: list[d
     """Every configuration's validation score, test score and precision@k, each mean ± sd
     over its pretraining seeds (scores relative to the best row of every model and head;
     each run with its best head on validation)."""
-    _, val_rows = score_table(probes, retrieval, "val")
-    val = {}
-    for row in val_rows:
-        if row["head"] is not None:
-            val.setdefault(row["model"], row)
+    val = _best_on_val(probes, retrieval)
     test = {(r["model"], r["head"]): r for r in test_rows}
-    groups: dict[str, list[str]] = {}
-    for m in sorted(val):
-        groups.setdefault(configuration(m) if m.startswith("geojepa") else m, []).append(m)
+    groups = _by_configuration(val)
     lines = ["", "## Every configuration (mean ± sd over pretraining seeds)", "",
              "Each run with its best head on validation; scores relative to the best row of every model and "
              "head, so they compare across this table (not with the headline's).", "",

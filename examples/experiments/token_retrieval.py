@@ -26,7 +26,7 @@ import torch
 
 from gjp.dataset.loader import TileDataset, collate_tiles
 from gjp.embedders.geojepa import load_geojepa
-from gjp.evaluate.knn import CATEGORIES, search, tile_categories
+from gjp.evaluate.knn import CATEGORIES, category_precision, tile_categories
 from gjp.models.geojepa import pool_tiles
 
 STAGES = ("tag", "fused", "conditioning", "tokens", "output")
@@ -64,12 +64,8 @@ def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict
 
 def precision(vectors: np.ndarray, members: dict[str, np.ndarray], k: int) -> float:
     """Mean over categories of k+1 tiles or more of the share of neighbours in the category."""
-    scores = []
-    for rows in members.values():
-        if len(rows) >= k + 1:
-            idx, _ = search(vectors, vectors[rows], k, "cosine", exclude=rows)
-            scores.append(np.isin(idx, rows).mean())
-    return float(np.mean(scores))
+    return float(np.mean([category_precision(vectors, rows, rows, k) for rows in members.values()
+                          if len(rows) >= k + 1]))
 
 
 def main() -> None:

@@ -326,6 +326,14 @@ class RetrievalReport:
                 f"{len(r['categories'])} categories (chance {r['chance_mean']:.3f}){sampled} -> {self.path}")
 
 
+def category_precision(vectors, rows: np.ndarray, asked: np.ndarray, k: int, metric: str = "cosine") -> float:
+    """The share of the k nearest neighbours (themselves excluded) of the ``asked`` tiles
+    that are in the category ``rows`` (sorted tile indices into ``vectors``)."""
+    queries = vectors.take(asked) if isinstance(vectors, VectorRows) else vectors[asked]
+    idx, _ = search(vectors, queries, k, metric, exclude=asked)
+    return float(np.isin(idx, rows).mean())
+
+
 def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None, *, k: int = 8,
                        metric: str = "cosine", categories: str | Path | None = None,
                        output_dir: str | Path = "results", overwrite: bool = False,
@@ -354,9 +362,8 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
             if not len(asked):  # a small category the sample missed
                 unsampled[name] = int(len(rows))
                 continue
-            idx, _ = search(emb.tiles, emb.tiles.take(asked), k, metric, exclude=asked)
             per_category[name] = {"tiles": int(len(rows)), "queries": int(len(asked)),
-                                  "precision": float(np.isin(idx, rows).mean()),
+                                  "precision": category_precision(emb.tiles, rows, asked, k, metric),
                                   "chance": float((len(rows) - 1) / (len(emb.names) - 1))}
     if not per_category:
         raise GjpError(f"{dataset}: no category has {k + 1} tiles or more to evaluate (see --categories)")
