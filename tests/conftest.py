@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 from pathlib import Path
 
@@ -135,3 +136,18 @@ def _run_gjp(args, cwd=None) -> tuple[int, str, str]:
 def run_gjp():
     """``run_gjp(args, cwd=None) -> (code, stdout, stderr)``: the CLI in this process."""
     return _run_gjp
+
+
+@pytest.fixture(scope="session")
+def script_module():
+    """Loads a script of the repository that is not part of the package (a benchmark, an
+    example) as a module: ``script_module("benchmarks/bench_scale.py")``."""
+    root = Path(__file__).resolve().parents[1]
+
+    def load(relative: str):
+        path = root / relative
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load

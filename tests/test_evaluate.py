@@ -65,6 +65,23 @@ def test_early_stopping_restores_the_best_epoch_and_is_deterministic():
     np.testing.assert_array_equal(fit["test"], again["test"])
 
 
+def test_a_head_starts_as_the_dummy_and_is_kept_only_if_it_beats_it_on_val():
+    """Features without signal and a label that is almost always 0 (as traffic signals in
+    a rural region): the head never leaves the dummy, where a randomly started one ends
+    worse than it; with a real signal it still learns."""
+    rng = np.random.default_rng(4)
+    x = {s: rng.normal(size=(n, 32)) for s, n in (("train", 300), ("val", 150), ("test", 150))}
+    y = {s: (rng.random(len(v)) < 0.04) * rng.integers(1, 4, len(v)).astype(float) for s, v in x.items()}
+    dummy = float(np.median(y["train"]))
+    fit = fit_head(x, y, (0, 10), ProbeConfig(head="mlp"), seed=0)
+    assert fit["best_epoch"] == 0 and np.all(fit["test"] == dummy)
+    random_start = fit_head(x, y, (0, 10), ProbeConfig(head="mlp", from_dummy=False), seed=0)
+    assert metrics(random_start["test"], y["test"], False)["mae"] > np.abs(y["test"] - dummy).mean()
+    y = {s: v[:, 0] + 0.1 * v[:, 1] for s, v in x.items()}
+    fit = fit_head(x, y, (-1e9, 1e9), ProbeConfig(head="linear", max_epochs=2000), seed=0)
+    assert fit["best_epoch"] > 0 and metrics(fit["test"], y["test"], False)["mae"] < 0.2
+
+
 def test_binary_metrics_and_clamping(tmp_path):
     assert metrics(np.array([0.9, 0.2, 0.7, 0.1]), np.array([1.0, 0.0, 0.0, 1.0]), True) == {
         "mae": pytest.approx((0.1 + 0.2 + 0.7 + 0.9) / 4), "accuracy": 0.5, "f1": 0.5}

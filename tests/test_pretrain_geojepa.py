@@ -431,3 +431,46 @@ def test_the_stage_diagnostic_of_a_run_reports_every_stage(workspace, run, tmp_p
     embed(str(run), workspace / "dataset.h5", tmp_path / "e.h5")
     report = evaluate_retrieval(tmp_path / "e.h5", workspace / "dataset.h5", k=2, output_dir=tmp_path)
     assert rows["output"][0] == pytest.approx(report.result["precision_mean"], abs=1e-3)
+
+
+def test_split_entity_tokens_give_each_entity_a_tag_and_a_geometry_token_masked_together(workspace, tmp_path):
+    """entity_tokens=split: an entity is its tag token and its geometry token (own modality
+    ids, the same min box), the collator's masks hide or show both at once, and embed gives
+    one vector per tile and per entity, whatever the batch."""
+    import torch
+
+    from gjp.dataset.loader import BatchIndices, TileDataset
+    from gjp.embedders.geojepa import geojepa_embeddings, load_geojepa
+    from gjp.models.tokenizers import GEOMETRY, TAG
+    from gjp.pretrain.masks import MaskConfig, MaskingCollator
+
+    split = tmp_path / "split"
+    pretrain_geojepa(split, config(workspace, epochs=1, entity_tokens="split", balanced_tokens=True), device="cpu")
+    assert json.loads((split / "config.json").read_text())["train"]["entity_tokens"] == "split"
+    tokenizer, _, _ = load_geojepa(split)
+    assert tokenizer.fusion is None and tokenizer.entity_copies == 2
+
+    data = TileDataset(workspace / "dataset.h5")
+    collate = MaskingCollator(MaskConfig(), seed=3, entity_copies=2)
+    batch = collate(data.__getitems__(BatchIndices(range(8), epoch=0, number=0)))
+    e = batch["padding_mask"].shape[1]
+    with torch.no_grad():
+        tokens, conditions, padding = tokenizer(batch)
+        tags = tokenizer.tags(batch["tag_ids"], batch["tag_offsets"])
+    assert tokens.shape[1] == padding.shape[1] == batch["context_mask"].shape[1] == 2 * e
+    slots = (batch["entity_batch"], batch["entity_slot"])
+    torch.testing.assert_close((tokens - conditions)[:, :e][slots], tags)          # the tags, untouched by fusion
+    modality = tokenizer.conditioning.modality.weight
+    torch.testing.assert_close(conditions[:, :e][slots] - conditions[:, e:][slots],
+                               (modality[TAG] - modality[GEOMETRY]).expand(len(tags), -1), atol=1e-5, rtol=0)
+    assert torch.equal(batch["context_mask"][:, :e], batch["context_mask"][:, e:])
+    assert torch.equal(batch["target_masks"][..., :e], batch["target_masks"][..., e:])
+    assert batch["target_masks"].any() and not (batch["context_mask"][:, None] & batch["target_masks"]).any()
+
+    one = geojepa_embeddings(workspace / "dataset.h5", split, batch_size=1)
+    many = geojepa_embeddings(workspace / "dataset.h5", split, batch_size=16)
+    np.testing.assert_allclose(one.vectors, many.vectors, atol=1e-5)
+    entities = np.concatenate([b.entity_vectors for b in many.blocks()])
+    assert len(entities) == many.entities and np.isfinite(entities).all()
+    with pytest.raises(GjpError, match="entity_tokens=mixed: choose one of fused, split"):
+        pretrain_geojepa(tmp_path / "bad", config(workspace, entity_tokens="mixed"), device="cpu")

@@ -204,20 +204,22 @@ def _per_task(tasks: list[str], probes: list[dict]) -> list[str]:
     lines.append("| Dummy (train median) | | " + " | ".join(f"{dummy[t]:.3f}" for t in tasks) + " |")
     degenerate = dummy_wins(probes)
     if degenerate:
-        lines += ["", "The dummy beats every model and head on " + "; ".join(
-            f"`{t}` ({' and '.join(splits)})" for t, splits in degenerate.items()) + ". There the harmonic "
-            "mean ranks models by how little they overfit that task, more than by what they learned."]
+        lines += ["", "No model or head beats the dummy on " + "; ".join(
+            f"`{t}` ({' and '.join(splits)})" for t, splits in degenerate.items()) + ". Such a task shows "
+            "nothing a representation learned in these regions: every head that stays at the dummy scores "
+            "1 there, and one that leaves it on validation and loses on test scores less."]
     return lines
 
 
 def dummy_wins(probes: list[dict]) -> dict[str, list[str]]:
-    """Task → the splits (val, test) on which the train median's MAE is below every
-    probe's: tasks that cannot show what a representation learned in that region."""
+    """Task → the splits (val, test) on which no probe's MAE is below the train median's
+    (the probes start as the dummy, so they tie it when they never leave it): tasks that
+    cannot show what a representation learned in that region."""
     found: dict[str, list[str]] = {}
     for task in sorted({p["task"] for p in probes}):
         rows = [p for p in probes if p["task"] == task]
         for split in ("val", "test"):
-            if all(p["dummy"][f"{split}_mae"] < p[f"{split}_mae_mean"] for p in rows):
+            if all(p["dummy"][f"{split}_mae"] <= p[f"{split}_mae_mean"] for p in rows):
                 found.setdefault(task, []).append(split)
     return found
 

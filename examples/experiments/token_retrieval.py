@@ -39,7 +39,8 @@ def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict
     seen: dict[str, torch.Tensor] = {}
     if tokenizer.tags is not None:
         tokenizer.tags.register_forward_hook(lambda m, i, o: seen.__setitem__("tag", o))
-    tokenizer.fusion.register_forward_hook(lambda m, i, o: seen.__setitem__("fused", o))
+    if tokenizer.fusion is not None:  # split entity tokens have no fusion
+        tokenizer.fusion.register_forward_hook(lambda m, i, o: seen.__setitem__("fused", o))
     tokenizer.conditioning.register_forward_hook(lambda m, i, o: seen.__setitem__("conditioning", o))
     data = TileDataset(dataset)
     vectors = {s: [] for s in STAGES}
@@ -50,14 +51,16 @@ def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict
             tokens, _, padding = tokenizer(batch)
             _, output = model.embed(tokens, padding)
             slots = (batch["entity_batch"], batch["entity_slot"])
-            per_slot = {"tokens": tokens, "output": output, "conditioning": seen["conditioning"]}
+            per_slot = {"tokens": (tokens, padding), "output": (output, padding),
+                        "conditioning": (seen["conditioning"], padding)}
+            entities = batch["padding_mask"]  # the entity slots (split tokens have each twice)
             for stage in ("tag", "fused"):
                 if stage in seen:   # per entity: placed in the entity's slot
-                    per_slot[stage] = tokens.new_zeros(*padding.shape, seen[stage].shape[-1]).index_put(
-                        slots, seen[stage])
-            for stage, values in per_slot.items():
-                vectors[stage].append(pool_tiles(values, padding))
-                norms[stage].append(float(values[~padding].norm(dim=-1).mean()))
+                    per_slot[stage] = (tokens.new_zeros(*entities.shape, seen[stage].shape[-1]).index_put(
+                        slots, seen[stage]), entities)
+            for stage, (values, pad) in per_slot.items():
+                vectors[stage].append(pool_tiles(values, pad))
+                norms[stage].append(float(values[~pad].norm(dim=-1).mean()))
     return ({s: torch.cat(v).numpy() for s, v in vectors.items() if v},
             {s: float(np.mean(n)) for s, n in norms.items() if n}, data.names)
 

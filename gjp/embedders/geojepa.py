@@ -35,8 +35,9 @@ def load_geojepa(run_dir: str | Path, device="cpu"):
     if not isinstance(checkpoint, dict) or not {"tokenizer", "model"} <= set(checkpoint):
         raise GjpError(f"{path}: not a GeoJEPA checkpoint (no tokenizer and model weights)")
     try:
-        # runs from before these settings: targets through the online tokenizer, tokens unbalanced
-        train = GeoJepaTrainConfig(**{"target_tokenizer": "shared", "balanced_tokens": False, **config["train"]})
+        # runs from before these settings: targets through the online tokenizer, tokens unbalanced, fused
+        train = GeoJepaTrainConfig(**{"target_tokenizer": "shared", "balanced_tokens": False,
+                                      "entity_tokens": "fused", **config["train"]})
         model_config = GeoJepaConfig(**config["model_config"])
         table = np.zeros((config["vocabulary"], config["tag_dim"]), np.float32) if config.get("vocabulary") else None
         encoder = PolygonEncoder(PolygonEncoderConfig(**config["geometry_config"])) \
@@ -103,7 +104,7 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
                     tiles = vectors.float().cpu().numpy()
                     if with_entities:  # consecutive tiles: their entities are consecutive too
                         e0, e1 = int(tile_offsets[rows[0]]), int(tile_offsets[rows[-1] + 1])
-                        real = outputs[batch["entity_batch"], batch["entity_slot"]].float().cpu().numpy()
+                        real = tokenizer.entity_outputs(outputs, batch).float().cpu().numpy()
                         yield EmbedBlock(tiles, np.diff(tile_offsets[rows[0]:rows[-1] + 2]), real,
                                          osm_type[e0:e1], osm_id[e0:e1])
                     else:

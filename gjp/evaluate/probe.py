@@ -40,6 +40,7 @@ class ProbeConfig:
     max_epochs: int = 500
     patience: int = 40         # epochs without a better val MAE before stopping
     batch_size: int = 4096     # full batch below this many train tiles
+    from_dummy: bool = True    # the head starts as the dummy (output layer zero) and is kept only if it beats it on val
     device: str = "cpu"
 
 
@@ -64,6 +65,10 @@ def fit_head(x: dict, y: dict, clamp: tuple[float, float], config: ProbeConfig, 
     t = {k: torch.from_numpy(((v - mu) / sigma).astype(np.float32)) for k, v in x.items()}
     target = torch.from_numpy(((y["train"] - y_mu) / y_sigma).astype(np.float32))
     model = _head(config.head, x["train"].shape[1], config.hidden)
+    if config.from_dummy:  # output 0 = the train median = the dummy's prediction, exactly
+        last = model if config.head == "linear" else model[-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=config.patience // 4)
     lo, hi = clamp
@@ -75,8 +80,10 @@ def fit_head(x: dict, y: dict, clamp: tuple[float, float], config: ProbeConfig, 
         return np.clip(out, lo, hi)
 
     best_mae, best_state, best_epoch, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    if config.from_dummy:  # epoch 0 is the untrained head: a trained one must beat the dummy on val
+        best_mae = float(np.abs(predict("val") - y["val"]).mean())
     n = len(target)
-    for epoch in range(config.max_epochs):
+    for epoch in range(1 if config.from_dummy else 0, config.max_epochs + config.from_dummy):
         model.train()
         order = rng.permutation(n) if n > config.batch_size else np.arange(n)
         for start in range(0, n, config.batch_size):

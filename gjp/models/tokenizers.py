@@ -18,6 +18,13 @@ a frozen backbone, and the conditioning every token gets (where it is, which mod
   embedding starts at std 0.02 instead of N(0, 1). Unbalanced, the modality vector (norm
   ≈ √dim, the same for every entity) outweighs the entity's content about six to one at
   the encoder's input, and what the tile vectors keep of the tags is drowned.
+- ``split`` (``pretrain --set entity_tokens=split``): with tags and geometry both on, an
+  entity is two tokens instead of one fused token: its tag token and its geometry token,
+  each with its own modality id and both at the entity's min box; modality dropout zeroes
+  one of the two. Fused, the tags were lost in the fusion MLP (the stage diagnostic of
+  experiment 2026-12-02b: precision@8 0.418 before it, 0.293 after); split, nothing stands
+  between either modality and the encoder. Twice the entity tokens, so about twice the
+  attention cost.
 - :class:`ImageTokens`: the cached patch and global tokens of a frozen image backbone,
   Linear → LayerNorm; each patch's min box is its square of the tile.
 - :class:`TileTokenizer`: a collated batch → the token sequence of each tile (entities,
@@ -32,7 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODALITIES = 3  # padding, entity, image
+MODALITIES = 3  # padding, entity, image (split entity tokens add: tag, geometry)
 
 
 class TagTokens(nn.Module):
@@ -84,11 +91,11 @@ class EntityFusion(nn.Module):
 
 
 class Conditioning(nn.Module):
-    def __init__(self, dim: int, noise: float = 5e-4, small_modality: bool = False):
+    def __init__(self, dim: int, noise: float = 5e-4, small_modality: bool = False, modalities: int = MODALITIES):
         super().__init__()
         self.noise = noise
         self.box = nn.Sequential(nn.Linear(8, dim), nn.GELU(), nn.Linear(dim, dim))
-        self.modality = nn.Embedding(MODALITIES, dim)
+        self.modality = nn.Embedding(modalities, dim)
         if small_modality:  # as ViT's position embeddings: a nudge, not N(0, 1) (norm √dim) over the content
             nn.init.trunc_normal_(self.modality.weight, std=0.02)
 
@@ -114,8 +121,9 @@ class ImageTokens(nn.Module):
 
 class TileTokenizer(nn.Module):
     """A batch of ``collate_tiles`` → ``(tokens, conditions, padding)``, ``[B,T,d]`` each
-    (padding ``[B,T]``): T slots = the tile's entities (each the fused tag/geometry token)
-    then, with images, its image tokens (patches row by row, then the global token unless
+    (padding ``[B,T]``): T slots = the tile's entities (each the fused tag/geometry token;
+    with ``split``, the E entity slots twice: every entity's tag token, then every
+    entity's geometry token in the same order) then, with images, its image tokens (patches row by row, then the global token unless
     ``image_global`` is off). Tokens have their conditioning added; ``conditions`` is the
     conditioning alone (what the predictor is told about a slot). ``tags``, ``geometry``
     and ``images`` may each be None (that modality is off); without tags and geometry the
@@ -123,20 +131,58 @@ class TileTokenizer(nn.Module):
 
     def __init__(self, dim: int, tags: TagTokens | None, geometry: GeometryTokens | None,
                  images: ImageTokens | None = None, dropout: float = 0.3, noise: float = 5e-4,
-                 image_global: bool = True, balanced: bool = False):
+                 image_global: bool = True, balanced: bool = False, split: bool = False):
         super().__init__()
         if tags is None and geometry is None and images is None:
             raise ValueError("a tokenizer needs tags, geometry, images or some of them")
         self.dim, self.tags, self.geometry, self.images = dim, tags, geometry, images
-        self.image_global = image_global
-        self.fusion = EntityFusion(dim, dropout, norm=balanced) if tags is not None or geometry is not None else None
-        self.conditioning = Conditioning(dim, noise, small_modality=balanced)
+        self.image_global, self.dropout = image_global, dropout
+        self.split = split and tags is not None and geometry is not None  # one modality: one token either way
+        fuse = (tags is not None or geometry is not None) and not self.split
+        self.fusion = EntityFusion(dim, dropout, norm=balanced) if fuse else None
+        self.conditioning = Conditioning(dim, noise, small_modality=balanced,
+                                         modalities=MODALITIES + 2 if self.split else MODALITIES)
+
+    @property
+    def entity_copies(self) -> int:
+        """Token slots per entity slot: 2 when split, else 1 (what the masks must repeat)."""
+        return 2 if self.split else 1
+
+    def entity_outputs(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per real entity (in batch order), its encoder output ``[N_entities, d]``; split,
+        the mean of its tag token's and its geometry token's."""
+        slots = (batch["entity_batch"], batch["entity_slot"])
+        if not self.split:
+            return outputs[slots]
+        e = batch["padding_mask"].shape[1]
+        return (outputs[:, :e][slots] + outputs[:, e:2 * e][slots]) / 2
+
+    def _split_entities(self, tag, geometry, batch, generator):
+        """Split tokens: ``(tokens [B,2E,d], padding, min_box, modality)`` of the entity
+        slots; modality dropout zeroes an entity's tag or its geometry token (never both)."""
+        if self.training and self.dropout > 0:
+            n = tag.shape[0]
+            drop = torch.rand(n, generator=generator, device=tag.device) < self.dropout
+            which = torch.rand(n, generator=generator, device=tag.device) < 0.5
+            tag = tag * ~(drop & which)[:, None]
+            geometry = geometry * ~(drop & ~which)[:, None]
+        padding, min_box = batch["padding_mask"], batch["min_box"]
+        slots = (batch["entity_batch"], batch["entity_slot"])
+        half = padding.new_zeros(*padding.shape, self.dim, dtype=tag.dtype)
+        tokens = torch.cat([half.index_put(slots, tag), half.index_put(slots, geometry)], dim=1)
+        real = (~padding).long()
+        modality = torch.cat([real * TAG, real * GEOMETRY], dim=1)
+        return tokens, padding.repeat(1, 2), min_box.repeat(1, 2, 1), modality
 
     def forward(self, batch: dict, generator: torch.Generator | None = None):
         padding = batch["padding_mask"]
         min_box, modality = batch["min_box"], batch["modality"]
         tokens = padding.new_zeros(*padding.shape, self.dim, dtype=min_box.dtype)
-        if self.fusion is not None:
+        if self.split:
+            tag = self.tags(batch["tag_ids"], batch["tag_offsets"])
+            geometry = self.geometry(batch.get("graph"), batch.get("geometry_tokens"))
+            tokens, padding, min_box, modality = self._split_entities(tag, geometry, batch, generator)
+        elif self.fusion is not None:
             tag = self.tags(batch["tag_ids"], batch["tag_offsets"]) if self.tags is not None else None
             geometry = self.geometry(batch.get("graph"), batch.get("geometry_tokens")) \
                 if self.geometry is not None else None
@@ -157,6 +203,7 @@ class TileTokenizer(nn.Module):
 
 
 ENTITY, IMAGE = 1, 2  # modality ids (0: padding), as the loader's collate_tiles numbers them
+TAG, GEOMETRY = 3, 4  # split entity tokens' modality ids
 
 
 def image_slots(batch: dict, include_global: bool = True):

@@ -35,6 +35,8 @@ MODALITIES = ("T", "G", "I")
 IMAGE_TOKENS = ("patches", "patches+global")
 #: The tokens the target encoder reads: a moving average of the tokenizer (clean), or the online one.
 TARGET_TOKENIZERS = ("ema", "shared")
+#: An entity as one token (tags and geometry fused by an MLP) or two (a tag and a geometry token).
+ENTITY_TOKENS = ("fused", "split")
 
 
 @dataclass
@@ -56,6 +58,7 @@ class GeoJepaTrainConfig:
     max_entities: int = 256          # crop tiles of more entities to a window of this many (0: never)
     target_tokenizer: str = "shared" # the targets' tokens: shared (the online tokenizer's) or ema (a moving average, clean)
     balanced_tokens: bool = False    # entity tokens LayerNorm-ed, modality embedding started small (content ≈ conditioning in scale)
+    entity_tokens: str = "fused"     # fused (one token per entity) or split (a tag and a geometry token each)
     tile_fraction: float = 1.0       # pretrain on this seeded share of the train tiles (the scaling study)
     collapse_std: float = 1e-3       # stop when the target outputs' spread falls below this
     seed: int = 0
@@ -79,6 +82,8 @@ class GeoJepaTrainConfig:
         if self.target_tokenizer not in TARGET_TOKENIZERS:
             raise GjpError(f"--set target_tokenizer={self.target_tokenizer}: choose one of "
                            f"{', '.join(TARGET_TOKENIZERS)}")
+        if self.entity_tokens not in ENTITY_TOKENS:
+            raise GjpError(f"--set entity_tokens={self.entity_tokens}: choose one of {', '.join(ENTITY_TOKENS)}")
         if not 0 < self.tile_fraction <= 1:
             raise GjpError(f"--set tile_fraction={self.tile_fraction}: give a share in (0, 1]")
         if self.max_entities < 0:
@@ -189,7 +194,7 @@ def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_d
     images = ImageTokens(image_dim, model_config.dim) if "I" in modalities else None
     tokenizer = TileTokenizer(model_config.dim, tags, geometry, images, config.modality_dropout,
                               config.position_noise, image_global=config.image_tokens == "patches+global",
-                              balanced=config.balanced_tokens)
+                              balanced=config.balanced_tokens, split=config.entity_tokens == "split")
     return tokenizer, GeoJepa(model_config), model_config
 
 
@@ -340,7 +345,8 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
         trainer = DistributedDataParallel(step_module, device_ids=[device.index] if device.type == "cuda" else None)
     collator = MaskingCollator(MaskConfig(**config.mask), seed=config.seed, images=image_file is not None,
                                image_global=config.image_tokens == "patches+global",
-                               entities=bool(modalities & {"T", "G"}), max_entities=config.max_entities)
+                               entities=bool(modalities & {"T", "G"}), max_entities=config.max_entities,
+                               entity_copies=tokenizer.entity_copies)
     train_sampler = LengthGroupedBatchSampler(train_set.entity_counts, config.batch_size, seed=config.seed,
                                               rank=ranks.rank, world=ranks.world)
     val_sampler = LengthGroupedBatchSampler(val_set.entity_counts, config.batch_size, seed=config.seed + 1,

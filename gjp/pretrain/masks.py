@@ -211,18 +211,25 @@ class MaskingCollator:
 
     With ``max_entities``, a tile of more entities is first cropped to the
     ``max_entities`` nearest one drawn at random (:func:`crop`): attention costs the square
-    of a tile's tokens, so a few dense city tiles would otherwise take most of the compute."""
+    of a tile's tokens, so a few dense city tiles would otherwise take most of the compute.
+
+    With ``entity_copies=2`` (split entity tokens: every entity a tag and a geometry
+    token), the masks are drawn over entities as always, then each entity's mask is
+    repeated for its two tokens: an entity is hidden or seen whole, so the predictor never
+    reads a target entity's tags off its visible geometry, or the reverse."""
 
     ENTITY, IMAGE = 1, 2
 
     def __init__(self, config: MaskConfig, seed: int = 0, images: bool = False, image_global: bool = True,
-                 entities: bool = True, max_entities: int = 0):
+                 entities: bool = True, max_entities: int = 0, entity_copies: int = 1):
         config.probabilities()  # fail now, not in a worker
         if max_entities < 0:
             raise ValueError(f"max_entities must be ≥ 0 (0: no crop), got {max_entities}")
+        if entity_copies not in (1, 2):
+            raise ValueError(f"entity_copies must be 1 or 2, got {entity_copies}")
         self.config, self.seed = config, seed
         self.images, self.image_global, self.entities = images, image_global, entities
-        self.max_entities = max_entities
+        self.max_entities, self.entity_copies = max_entities, entity_copies
 
     def __call__(self, samples) -> dict:
         import torch
@@ -255,6 +262,11 @@ class MaskingCollator:
             centres = np.concatenate([centres, np.broadcast_to(patches, (b, *patches.shape))], axis=1)
             modality = np.concatenate([modality, np.where(image_valid, self.IMAGE, 0)], axis=1)
         masks = draw_masks(valid, centres, modality, self.config, mask_rng(self.seed, epoch, number))
-        batch.update(context_mask=torch.from_numpy(masks.context), target_masks=torch.from_numpy(masks.targets),
+        context, targets = masks.context, masks.targets
+        if self.entity_copies > 1:  # the tokenizer's slots: the entity slots once per copy, then the images
+            e = batch["padding_mask"].shape[1]
+            slots = np.concatenate([np.tile(np.arange(e), self.entity_copies), np.arange(e, context.shape[1])])
+            context, targets = context[:, slots], targets[:, :, slots]
+        batch.update(context_mask=torch.from_numpy(context), target_masks=torch.from_numpy(targets),
                      mask_strategy=torch.from_numpy(masks.strategy), epoch=epoch, number=number)
         return batch
