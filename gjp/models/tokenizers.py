@@ -24,7 +24,8 @@ a frozen backbone, and the conditioning every token gets (where it is, which mod
   one of the two. Fused, the tags were lost in the fusion MLP (the stage diagnostic of
   experiment 2026-12-02b: precision@8 0.418 before it, 0.293 after); split, nothing stands
   between either modality and the encoder. Twice the entity tokens, so about twice the
-  attention cost.
+  attention cost; it did not raise retrieval, since the pooled tile vector mixes the two
+  kinds of token again (experiment 2026-12-02c), so it is an option, off by default.
 - :class:`ImageTokens`: the cached patch and global tokens of a frozen image backbone,
   Linear → LayerNorm; each patch's min box is its square of the tile.
 - :class:`TileTokenizer`: a collated batch → the token sequence of each tile (entities,
@@ -82,12 +83,18 @@ class EntityFusion(nn.Module):
         tag = torch.zeros_like(reference) if tag is None else tag
         geometry = torch.zeros_like(reference) if geometry is None else geometry
         if self.training and self.dropout > 0 and both:
-            n = tag.shape[0]
-            drop = torch.rand(n, generator=generator, device=tag.device) < self.dropout
-            which = torch.rand(n, generator=generator, device=tag.device) < 0.5
-            tag = tag * ~(drop & which)[:, None]            # a new tensor: inputs untouched
-            geometry = geometry * ~(drop & ~which)[:, None]
+            tag, geometry = drop_one_modality(tag, geometry, self.dropout, generator)
         return self.mlp(torch.cat([tag, geometry], dim=-1))
+
+
+def drop_one_modality(tag: torch.Tensor, geometry: torch.Tensor, p: float,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Modality dropout per entity: with probability ``p`` an entity's tag or its geometry
+    (50/50, never both) is zeroed. New tensors: the inputs are untouched."""
+    n = tag.shape[0]
+    drop = torch.rand(n, generator=generator, device=tag.device) < p
+    which = torch.rand(n, generator=generator, device=tag.device) < 0.5
+    return tag * ~(drop & which)[:, None], geometry * ~(drop & ~which)[:, None]
 
 
 class Conditioning(nn.Module):
@@ -123,11 +130,11 @@ class TileTokenizer(nn.Module):
     """A batch of ``collate_tiles`` → ``(tokens, conditions, padding)``, ``[B,T,d]`` each
     (padding ``[B,T]``): T slots = the tile's entities (each the fused tag/geometry token;
     with ``split``, the E entity slots twice: every entity's tag token, then every
-    entity's geometry token in the same order) then, with images, its image tokens (patches row by row, then the global token unless
-    ``image_global`` is off). Tokens have their conditioning added; ``conditions`` is the
-    conditioning alone (what the predictor is told about a slot). ``tags``, ``geometry``
-    and ``images`` may each be None (that modality is off); without tags and geometry the
-    entity slots are all padding."""
+    entity's geometry token in the same order) then, with images, its image tokens
+    (patches row by row, then the global token unless ``image_global`` is off). Tokens have
+    their conditioning added; ``conditions`` is the conditioning alone (what the predictor
+    is told about a slot). ``tags``, ``geometry`` and ``images`` may each be None (that
+    modality is off); without tags and geometry the entity slots are all padding."""
 
     def __init__(self, dim: int, tags: TagTokens | None, geometry: GeometryTokens | None,
                  images: ImageTokens | None = None, dropout: float = 0.3, noise: float = 5e-4,
@@ -161,11 +168,7 @@ class TileTokenizer(nn.Module):
         """Split tokens: ``(tokens [B,2E,d], padding, min_box, modality)`` of the entity
         slots; modality dropout zeroes an entity's tag or its geometry token (never both)."""
         if self.training and self.dropout > 0:
-            n = tag.shape[0]
-            drop = torch.rand(n, generator=generator, device=tag.device) < self.dropout
-            which = torch.rand(n, generator=generator, device=tag.device) < 0.5
-            tag = tag * ~(drop & which)[:, None]
-            geometry = geometry * ~(drop & ~which)[:, None]
+            tag, geometry = drop_one_modality(tag, geometry, self.dropout, generator)
         padding, min_box = batch["padding_mask"], batch["min_box"]
         slots = (batch["entity_batch"], batch["entity_slot"])
         half = padding.new_zeros(*padding.shape, self.dim, dtype=tag.dtype)
