@@ -28,6 +28,7 @@ from gjp.dataset.loader import TileDataset, collate_tiles
 from gjp.embedders.geojepa import load_geojepa
 from gjp.evaluate.knn import CATEGORIES, category_precision, tile_categories
 from gjp.models.geojepa import pool_tiles
+from gjp.models.tokenizers import in_entity_slots
 
 STAGES = ("tag", "fused", "conditioning", "tokens", "output")
 
@@ -50,14 +51,12 @@ def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict
             batch = collate_tiles([data[i] for i in range(start, min(len(data), start + batch_size))])
             tokens, _, padding = tokenizer(batch)
             _, output = model.embed(tokens, padding)
-            slots = (batch["entity_batch"], batch["entity_slot"])
             per_slot = {"tokens": (tokens, padding), "output": (output, padding),
                         "conditioning": (seen["conditioning"], padding)}
             entities = batch["padding_mask"]  # the entity slots (split tokens have each twice)
             for stage in ("tag", "fused"):
                 if stage in seen:   # per entity: placed in the entity's slot
-                    per_slot[stage] = (tokens.new_zeros(*entities.shape, seen[stage].shape[-1]).index_put(
-                        slots, seen[stage]), entities)
+                    per_slot[stage] = (in_entity_slots(seen[stage], batch), entities)
             for stage, (values, pad) in per_slot.items():
                 vectors[stage].append(pool_tiles(values, pad))
                 norms[stage].append(float(values[~pad].norm(dim=-1).mean()))

@@ -79,11 +79,15 @@ def fit_head(x: dict, y: dict, clamp: tuple[float, float], config: ProbeConfig, 
             out = model(t[split]).squeeze(1).numpy().astype(np.float64) * y_sigma + y_mu
         return np.clip(out, lo, hi)
 
+    def val_mae() -> float:
+        return float(np.abs(predict("val") - y["val"]).mean())
+
     best_mae, best_state, best_epoch, stale = math.inf, copy.deepcopy(model.state_dict()), 0, 0
+    first = 0
     if config.from_dummy:  # epoch 0 is the untrained head: a trained one must beat the dummy on val
-        best_mae = float(np.abs(predict("val") - y["val"]).mean())
+        best_mae, first = val_mae(), 1
     n = len(target)
-    for epoch in range(1 if config.from_dummy else 0, config.max_epochs + config.from_dummy):
+    for epoch in range(first, first + config.max_epochs):
         model.train()
         order = rng.permutation(n) if n > config.batch_size else np.arange(n)
         for start in range(0, n, config.batch_size):
@@ -92,10 +96,10 @@ def fit_head(x: dict, y: dict, clamp: tuple[float, float], config: ProbeConfig, 
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
-        val_mae = float(np.abs(predict("val") - y["val"]).mean())
-        scheduler.step(val_mae)
-        if val_mae < best_mae - 1e-9:
-            best_mae, best_state, best_epoch, stale = val_mae, copy.deepcopy(model.state_dict()), epoch, 0
+        mae = val_mae()
+        scheduler.step(mae)
+        if mae < best_mae - 1e-9:
+            best_mae, best_state, best_epoch, stale = mae, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
             if stale >= config.patience:

@@ -170,9 +170,7 @@ class TileTokenizer(nn.Module):
         if self.training and self.dropout > 0:
             tag, geometry = drop_one_modality(tag, geometry, self.dropout, generator)
         padding, min_box = batch["padding_mask"], batch["min_box"]
-        slots = (batch["entity_batch"], batch["entity_slot"])
-        half = padding.new_zeros(*padding.shape, self.dim, dtype=tag.dtype)
-        tokens = torch.cat([half.index_put(slots, tag), half.index_put(slots, geometry)], dim=1)
+        tokens = torch.cat([in_entity_slots(tag, batch), in_entity_slots(geometry, batch)], dim=1)
         real = (~padding).long()
         modality = torch.cat([real * TAG, real * GEOMETRY], dim=1)
         return tokens, padding.repeat(1, 2), min_box.repeat(1, 2, 1), modality
@@ -180,7 +178,6 @@ class TileTokenizer(nn.Module):
     def forward(self, batch: dict, generator: torch.Generator | None = None):
         padding = batch["padding_mask"]
         min_box, modality = batch["min_box"], batch["modality"]
-        tokens = padding.new_zeros(*padding.shape, self.dim, dtype=min_box.dtype)
         if self.split:
             tag = self.tags(batch["tag_ids"], batch["tag_offsets"])
             geometry = self.geometry(batch.get("graph"), batch.get("geometry_tokens"))
@@ -189,9 +186,9 @@ class TileTokenizer(nn.Module):
             tag = self.tags(batch["tag_ids"], batch["tag_offsets"]) if self.tags is not None else None
             geometry = self.geometry(batch.get("graph"), batch.get("geometry_tokens")) \
                 if self.geometry is not None else None
-            entities = self.fusion(tag, geometry, generator)                       # [N_entities, d]
-            tokens = tokens.to(entities.dtype).index_put((batch["entity_batch"], batch["entity_slot"]), entities)
+            tokens = in_entity_slots(self.fusion(tag, geometry, generator), batch)
         else:  # images alone: the entity slots are padding
+            tokens = padding.new_zeros(*padding.shape, self.dim, dtype=min_box.dtype)
             padding = torch.ones_like(padding)
             modality = torch.zeros_like(modality)
         if self.images is not None:
@@ -203,6 +200,13 @@ class TileTokenizer(nn.Module):
             modality = torch.cat([modality, valid.long() * IMAGE], dim=1)
         conditions = self.conditioning(min_box, modality, generator)
         return tokens + conditions.to(tokens.dtype), conditions, padding
+
+
+def in_entity_slots(values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Per real entity values ``[N_entities, d]`` (batch order) → ``[B, E, d]``, each in
+    its tile's entity slot, zeros in the padding (``collate_tiles``' layout)."""
+    placed = values.new_zeros(*batch["padding_mask"].shape, values.shape[-1])
+    return placed.index_put((batch["entity_batch"], batch["entity_slot"]), values)
 
 
 ENTITY, IMAGE = 1, 2  # modality ids (0: padding), as the loader's collate_tiles numbers them
