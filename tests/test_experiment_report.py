@@ -56,3 +56,55 @@ def test_tasks_no_model_beats_the_dummy_on_are_named(report):
     assert report.dummy_wins(probes) == {"a": ["test"], "b": ["val", "test"], "d": ["test"]}
     text = "\n".join(report._per_task(["a", "b", "c"], probes))
     assert "`a` (test); `b` (val and test)" in text
+
+
+def test_with_retrieval_split_the_choice_weighs_both_measures_on_validation(report):
+    """Given validation and test retrieval (the validation and the test groups' tiles as
+    queries), the configuration is chosen by the harmonic mean of its masked validation
+    score and its validation retrieval over the best model's; the masked-only choice is
+    named when it differs, and test retrieval is reported beside knn --eval's."""
+    maes = {"tagpool": 2.0, "tagcount": 2.5, "geojepa-M": 1.0, "geojepa-M-seed1": 1.0,   # best masked
+            "geojepa-R": 1.25, "geojepa-R-seed1": 1.25}                                  # best retrieval
+    probes = [probe(m, t, mae, mae) for m, mae in maes.items() for t in ("a", "b")]
+    retrieval = [{"model": m, "precision_mean": 0.4} for m in maes]
+    split = {"tagpool": {"val": 0.4, "test": 0.41}, "tagcount": {"val": 0.5, "test": 0.52},
+             "geojepa-M": {"val": 0.3, "test": 0.3}, "geojepa-M-seed1": {"val": 0.3, "test": 0.32},
+             "geojepa-R": {"val": 0.6, "test": 0.61}, "geojepa-R-seed1": {"val": 0.6, "test": 0.63}}
+    text = "\n".join(report._headline(probes, retrieval, split))
+    # M: masked 1, retrieval 0.5 → 2/3; R: masked 0.8, retrieval 1 → 0.889
+    assert "GeoJEPA is `geojepa-R` (2 pretraining seeds)" in text
+    assert "the masked validation score alone the choice would be `geojepa-M`" in text
+    assert "| geojepa-R | mlp | 2 | 0.800 ± 0.000 | 0.600 ± 0.000 | 0.889 ± 0.000 |" in text
+    assert "| geojepa-M | mlp | 2 | 1.000 ± 0.000 | 0.300 ± 0.000 | 0.667 ± 0.000 |" in text
+    assert "| geojepa-R (mlp) | 1.000 ± 0.000 | 0.620 ± 0.014 | 0.400 ± 0.000 | 2 |" in text  # test: relative to R
+    assert "| tagcount (mlp) | 0.500 | 0.520 | 0.400 | 1 |" in text
+    assert "GeoJEPA is `geojepa-M`" in "\n".join(report._headline(probes, retrieval))   # masked alone
+
+
+def test_split_retrieval_asks_only_one_splits_tiles(report, monaco_dataset, tmp_path):
+    """With every group in validation, validation retrieval is knn --eval's over every
+    query; split in two, each half asks its own tiles only (and no half: NaN)."""
+    import math
+    import shutil
+
+    from gjp.dataset.format import decode, open_dataset
+    from gjp.embedders.embed import embed
+    from gjp.evaluate.knn import evaluate_retrieval
+
+    evaluation = tmp_path / "eval"
+    (evaluation / "embeddings").mkdir(parents=True)
+    (evaluation / "tasks").mkdir()
+    shutil.copy(monaco_dataset[2], evaluation / "dataset.h5")
+    embeddings = evaluation / "embeddings" / "tagcount.h5"
+    embed("tagcount", evaluation / "dataset.h5", embeddings)
+    with open_dataset(evaluation / "dataset.h5") as f:
+        groups = sorted(set(decode(f["tiles/group"][()])))
+    splits = evaluation / "tasks" / "splits.csv"
+    splits.write_text("group,split\n" + "".join(f"{g},val\n" for g in groups))
+    whole = evaluate_retrieval(embeddings, evaluation / "dataset.h5", output_dir=tmp_path / "r", queries=10**9)
+    found = report.split_retrieval(tmp_path, ["tagcount", "not-embedded"])
+    assert list(found) == ["tagcount"] and math.isnan(found["tagcount"]["test"])
+    assert found["tagcount"]["val"] == pytest.approx(whole.result["precision_mean"])
+    splits.write_text("group,split\n" + "".join(f"{g},{'val' if i % 2 else 'test'}\n" for i, g in enumerate(groups)))
+    halves = report.split_retrieval(tmp_path, ["tagcount"])["tagcount"]
+    assert 0 < halves["val"] < 1 and 0 < halves["test"] < 1 and halves["val"] != halves["test"]
