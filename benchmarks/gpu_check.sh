@@ -20,8 +20,8 @@ gjp -q tile examples/data/li_liechtenstein_2015-07.osm.pbf -o "$ws/tiles"
    && gjp -q mktask bridge --masked && gjp -q pretrain --model polygnn --pretext osm --epochs 2 --device cuda)
 
 echo "== pretrain T,G tiny on CUDA (bf16 autocast), then with torch.compile"
-(cd "$ws" && time gjp pretrain --modalities T,G --geometry-encoder runs/polygnn-osm --epochs 2 --device cuda -o runs/tg)
-(cd "$ws" && time gjp pretrain --modalities T,G --geometry-encoder runs/polygnn-osm --epochs 2 --device cuda \
+(cd "$ws" && time gjp pretrain --modalities T,G --preset tiny --geometry-encoder runs/polygnn-osm --epochs 2 --device cuda -o runs/tg)
+(cd "$ws" && time gjp pretrain --modalities T,G --preset tiny --geometry-encoder runs/polygnn-osm --epochs 2 --device cuda \
    --compile -o runs/tg-compiled)
 (cd "$ws" && gjp -q embed --model runs/tg --device cuda && gjp info embeddings/geojepa-TG.h5)
 

@@ -28,7 +28,7 @@ echo "gallery: $workspace/chips-gallery.html"
 # GeoJEPA over image tokens alone: the backbone's 7×7 patch tokens are computed once and
 # cached next to chips.h5; the chips have no OSM entities and no task splits here, so it
 # pretrains on every chip (--all-tiles).
-gjp -q pretrain --modalities I -i chips.h5 --all-tiles --epochs 4 --batch-size 16 -o runs/geojepa-I
+gjp -q pretrain --modalities I -i chips.h5 --all-tiles --preset tiny --epochs 4 --batch-size 16 -o runs/geojepa-I
 gjp info runs/geojepa-I
 gjp -q embed --model runs/geojepa-I -i chips.h5
 gjp knn -e embeddings/geojepa-I.h5 --query "$query" -k 8 --html chips-geojepa-gallery.html

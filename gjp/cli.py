@@ -516,8 +516,9 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @cli.command("pretrain")
 @click.option("--model", "model", type=click.Choice(["geojepa", "polygnn"]), default="geojepa", show_default=True,
               help="geojepa: the JEPA over tag and geometry tokens; polygnn: the geometry encoder it uses.")
-@click.option("--modalities", default="T,G", show_default=True,
-              help="geojepa: the tokens to learn from, a subset of T (tags), G (geometry), I (images).")
+@click.option("--modalities", default="T", show_default=True,
+              help="geojepa: the tokens to learn from, a subset of T (tags), G (geometry), I (images). "
+                   "T alone scored best on validation (docs/experiments/2026-12-02d.md).")
 @click.option("--pretext", type=click.Choice(["digits", "osm"]), default="digits", show_default=True,
               help="polygnn: digits (Digits-P-2 classification) or osm (a dataset's own shapes).")
 @click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=Path("dataset.h5"),
@@ -541,9 +542,12 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
               help="geojepa with I: the backbone's weights: default (efficientnet_lite0: the ImageNet weights "
                    "installed with gjp; vit_b_16: torchvision's ImageNet download), imagenet, or a state-dict file.")
 @click.option("--resume", is_flag=True, help="geojepa: continue an interrupted run from its last finished epoch.")
-@click.option("--preset", type=click.Choice(["tiny", "small", "base"]), default="tiny", show_default=True,
-              help="Model size.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="[default: geojepa 10, polygnn 20]")
+@click.option("--preset", type=click.Choice(["cpu", "tiny", "small", "base"]), default=None,
+              help="Model size and training defaults [default: geojepa cpu, polygnn tiny]. geojepa cpu: depth 2, "
+                   "width 384, balanced tokens, 32 epochs (chosen on validation, docs/experiments/2026-12-02d.md); "
+                   "tiny: depth 2, width 64 (tests and the demo); base: the thesis's model.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="[default: geojepa the preset's (cpu 32, others 10), polygnn 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: geojepa 32 tiles, polygnn 64 entities]")
 @click.option("--lr", type=FiniteFloat(0, low_open=True), default=None, help="Peak learning rate [default: geojepa 5e-4, polygnn 3e-3].")
 @click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,
@@ -585,6 +589,7 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
     \b
     Example:
       gjp pretrain --model polygnn --pretext digits
+      gjp pretrain                     (T alone, preset cpu: the configuration chosen on validation)
       gjp pretrain --modalities T,G
       gjp pretrain --modalities T,G,I
       gjp pretrain --modalities I -i chips.h5 --all-tiles
@@ -595,21 +600,23 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
     if model == "polygnn":
         from gjp.pretrain.polygnn import PolygnnTrainConfig, pretrain_polygnn
 
-        config = PolygnnTrainConfig(pretext=pretext, preset=preset, epochs=epochs or 20, batch_size=batch_size or 64,
-                                    lr=lr or 3e-3, spanning_tree=not no_spanning_tree, seed=seed,
+        if preset == "cpu":
+            raise GjpError("--preset cpu: a geojepa preset; polygnn has tiny, small and base")
+        config = PolygnnTrainConfig(pretext=pretext, preset=preset or "tiny", epochs=epochs or 20,
+                                    batch_size=batch_size or 64, lr=lr or 3e-3, spanning_tree=not no_spanning_tree, seed=seed,
                                     n_per_class=n_per_class, dataset=str(dataset), max_entities=max_entities)
         output = output or Path("runs") / f"polygnn-{pretext}"
         report = pretrain_polygnn(output, config, device=device, overwrite=overwrite, reporter=reporter)
     else:
         from gjp.pretrain.geojepa import GeoJepaTrainConfig, pretrain_geojepa, with_settings
 
-        config = GeoJepaTrainConfig(modalities=modalities, preset=preset, epochs=epochs or 10,
-                                    batch_size=batch_size or 32, lr=lr or 5e-4, accumulate=accumulate, seed=seed,
-                                    dataset=str(dataset),
-                                    tag_embeddings=str(tag_embeddings), geometry_encoder=str(geometry_encoder),
-                                    splits=str(splits), all_tiles=all_tiles, image_tokens=image_tokens,
-                                    image_backbone=image_backbone, image_weights=image_weights,
-                                    registers=registers, compile=compile_model)
+        # unset options (None) take the preset's settings, or the config's defaults
+        config = GeoJepaTrainConfig.from_preset(
+            preset or "cpu", modalities=modalities, epochs=epochs, batch_size=batch_size, lr=lr,
+            accumulate=accumulate, seed=seed, dataset=str(dataset), tag_embeddings=str(tag_embeddings),
+            geometry_encoder=str(geometry_encoder), splits=str(splits), all_tiles=all_tiles,
+            image_tokens=image_tokens, image_backbone=image_backbone, image_weights=image_weights,
+            registers=registers, compile=compile_model)
         config = with_settings(config, settings)
         name = "".join(sorted(config.modality_set(), key="TGI".index))
         output = output or Path("runs") / f"geojepa-{name}"

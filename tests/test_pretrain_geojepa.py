@@ -254,7 +254,7 @@ def test_torchrun_with_two_processes_makes_the_updates_of_one_process_accumulati
     train, _ = tile_splits(workspace / "dataset.h5", workspace / "tasks" / "splits.csv", all_tiles=False)
     batch = next(b for b in range(6, 20) if len(LengthGroupedBatchSampler(np.ones(len(train)), b)) % 2 == 0)
     common = ["pretrain", "--modalities", "T,G", "-i", "dataset.h5", "--geometry-encoder", "runs/polygnn",
-              "--epochs", "2", "--batch-size", str(batch), "--lr", "1e-3", "-q"]
+              "--preset", "tiny", "--epochs", "2", "--batch-size", str(batch), "--lr", "1e-3", "-q"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     subprocess.run([sys.executable, "-m", "gjp", *common, "--accumulate", "2", "-o", str(tmp_path / "one")],
@@ -474,3 +474,38 @@ def test_split_entity_tokens_give_each_entity_a_tag_and_a_geometry_token_masked_
     assert len(entities) == many.entities and np.isfinite(entities).all()
     with pytest.raises(GjpError, match="entity_tokens=mixed: choose one of fused, split"):
         pretrain_geojepa(tmp_path / "bad", config(workspace, entity_tokens="mixed"), device="cpu")
+
+
+def test_the_default_preset_is_the_configuration_chosen_on_validation(workspace, run_gjp, tmp_path):
+    """`gjp pretrain` with no --preset is `cpu`: T tokens, balanced, width 384, 32 epochs
+    (issue 14's choice); explicit options and --set override the preset's settings."""
+    cpu = GeoJepaTrainConfig.from_preset("cpu", epochs=None, lr=None)
+    assert (cpu.balanced_tokens, cpu.epochs, cpu.lr) == (True, 32, GeoJepaTrainConfig().lr)
+    assert GeoJepaTrainConfig.from_preset("cpu", epochs=3).epochs == 3
+    tiny = GeoJepaTrainConfig.from_preset("tiny")
+    assert (tiny.balanced_tokens, tiny.epochs) == (False, GeoJepaTrainConfig().epochs)
+    # the preset is exactly the experiment's runs (tiny at width 384, balanced): the same weights from a seed
+    from gjp.pretrain.geojepa import build_model
+
+    table = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    as_preset = build_model(GeoJepaTrainConfig.from_preset("cpu", modalities="T"), table, None)
+    as_settings = build_model(GeoJepaTrainConfig(modalities="T", preset="tiny", balanced_tokens=True,
+                                                 model={"dim": 384}), table, None)
+    assert as_preset[2] == as_settings[2]
+    for part in (0, 1):
+        one, other = as_preset[part].state_dict(), as_settings[part].state_dict()
+        assert one.keys() == other.keys() and all(one[k].equal(other[k]) for k in one)
+
+    common = ["pretrain", "-i", workspace / "dataset.h5", "--tag-embeddings", workspace / "tag-embeddings.parquet",
+              "--splits", workspace / "tasks" / "splits.csv", "--epochs", "1", "--batch-size", "16", "-q"]
+    code, _, err = run_gjp([*common, "-o", tmp_path / "default"])
+    assert code == 0, err
+    saved = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert saved["preset"] == "cpu" and saved["train"]["modalities"] == "T" and saved["train"]["balanced_tokens"]
+    assert (saved["model_config"]["dim"], saved["model_config"]["depth"]) == (384, 2)
+    code, _, err = run_gjp([*common, "--preset", "tiny", "--set", "balanced_tokens=true", "-o", tmp_path / "tiny"])
+    assert code == 0, err
+    saved = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    assert saved["model_config"]["dim"] == 64 and saved["train"]["balanced_tokens"]
+    code, out, err = run_gjp(["pretrain", "--model", "polygnn", "--preset", "cpu", "-o", tmp_path / "p"])
+    assert code == 1 and "--preset cpu: a geojepa preset" in err and not (tmp_path / "p").exists()

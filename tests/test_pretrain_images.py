@@ -52,7 +52,7 @@ def metrics(run):
 
 
 def test_images_alone_pretrain_learn_and_embed_whatever_the_batch(ws, run_gjp):
-    code, _, err = run_gjp(["pretrain", "--modalities", "I", "-i", ws / "chips.h5", "--all-tiles", "--epochs", "8",
+    code, _, err = run_gjp(["pretrain", "--modalities", "I", "-i", ws / "chips.h5", "--all-tiles", "--preset", "tiny", "--epochs", "8",
                             "--batch-size", "4", "--lr", "1e-3", "-o", ws / "runs" / "I", "-q"])
     assert code == 0, err
     rows = metrics(ws / "runs" / "I")
@@ -83,7 +83,7 @@ def test_images_alone_pretrain_learn_and_embed_whatever_the_batch(ws, run_gjp):
 def test_tags_and_images_with_the_global_token(ws, run_gjp):
     code, _, err = run_gjp(["pretrain", "--modalities", "T,I", "-i", ws / "both.h5", "--all-tiles",
                             "--tag-embeddings", ws / "tag-embeddings.parquet", "--image-tokens", "patches+global",
-                            "--epochs", "2", "--batch-size", "8", "-o", ws / "runs" / "TI", "-q"])
+                            "--preset", "tiny", "--epochs", "2", "--batch-size", "8", "-o", ws / "runs" / "TI", "-q"])
     assert code == 0, err
     rows = metrics(ws / "runs" / "TI")
     assert all(r["context_tokens"] < 8 * (2 + 50) for r in rows)

@@ -52,9 +52,12 @@ class GeoJepaConfig:
         return asdict(self)
 
 
-#: ``tiny`` for CPU tests and the demo; ``base`` is the thesis's model.
+#: ``tiny`` for CPU tests and the demo; ``cpu`` is ``tiny`` at width 384 (the size issue 14's
+#: experiment chose on validation; its training settings are in gjp.pretrain.geojepa.PRESET_TRAINING);
+#: ``base`` is the thesis's model.
 PRESETS = {
     "tiny": {"dim": 64, "depth": 2, "heads": 4, "predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 4},
+    "cpu": {"dim": 384, "depth": 2, "heads": 4, "predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 4},
     "small": {"dim": 192, "depth": 6, "heads": 6, "predictor_dim": 96, "predictor_depth": 2, "predictor_heads": 4},
     "base": {"dim": 384, "depth": 12, "heads": 8, "predictor_dim": 192, "predictor_depth": 4, "predictor_heads": 6},
 }

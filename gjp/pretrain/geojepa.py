@@ -37,6 +37,13 @@ IMAGE_TOKENS = ("patches", "patches+global")
 TARGET_TOKENIZERS = ("ema", "shared")
 #: An entity as one token (tags and geometry fused by an MLP) or two (a tag and a geometry token).
 ENTITY_TOKENS = ("fused", "split")
+#: A preset is a model size (gjp.models.geojepa.PRESETS) and these training settings, which
+#: explicit ones override. ``cpu``, the default of `gjp pretrain`, is the configuration issue
+#: 14's experiment chose on validation (docs/experiments/2026-12-02d.md): T tokens balanced,
+#: width 384, 32 epochs.
+PRESET_TRAINING = {
+    "cpu": {"balanced_tokens": True, "epochs": 32},
+}
 
 
 @dataclass
@@ -72,6 +79,13 @@ class GeoJepaTrainConfig:
     image_tokens: str = "patches"                # patches, or patches+global (the global token sums up the image)
     mask: dict = field(default_factory=lambda: asdict(MaskConfig()))
     model: dict = field(default_factory=dict)    # GeoJepaConfig fields over the preset's (e.g. vicreg_beta)
+
+    @classmethod
+    def from_preset(cls, preset: str, **fields) -> GeoJepaTrainConfig:
+        """The preset's training settings under ``fields`` (a ``None`` field: the preset's,
+        or the default)."""
+        given = {k: v for k, v in fields.items() if v is not None}
+        return cls(preset=preset, **{**PRESET_TRAINING.get(preset, {}), **given})
 
     def modality_set(self) -> set[str]:
         chosen = {m.strip().upper() for m in self.modalities.split(",") if m.strip()}
