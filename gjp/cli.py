@@ -726,27 +726,35 @@ def probe_cmd(embeddings, task_dir, head, seeds, output, overwrite, quiet):
 @click.option("--eval-queries", "eval_queries", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="--eval: query tiles, a random sample (fixed seed 0) of the categories' tiles, or all of them "
                    "when there are no more; each is searched against every tile.")
+@click.option("--split", "query_split", type=click.Choice(["val", "test", "train"]), default=None,
+              help="--eval: queries from this split's groups only (of --splits), searched against every tile "
+                   "[default: every category tile].")
+@click.option("--splits", type=click.Path(path_type=Path), default=Path("tasks/splits.csv"), show_default=True,
+              help="--eval --split: the group → split table.")
 @click.option("-i", "--input", "dataset", type=click.Path(path_type=Path), default=None,
               help="The dataset behind the embeddings (for --html and --eval) [default: the one recorded in them].")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="--eval: the results directory.")
 @click.option("--list", "list_tiles", is_flag=True, help="List the tiles of the embeddings and exit.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --html page or --eval result.")
-def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, categories, eval_queries, dataset, output,
-            list_tiles, overwrite):
+def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, categories, eval_queries, query_split,
+            splits, dataset, output, list_tiles, overwrite):
     """Nearest neighbours of a tile (or an entity, or free text), as TSV: rank, tile, distance.
 
     Exact search (chunked matrix products), the query itself excluded. --eval measures
     retrieval instead: for categories defined by tags (airport, waterway, motorway,
     forest, park, railway, farmland, industrial, water, golf, or --categories FILE), the
     share of each tile's k neighbours in the same category, written to results/, over at
-    most --eval-queries query tiles (a seeded sample; every tile is still searched).
+    most --eval-queries query tiles (a seeded sample; every tile is still searched);
+    --split val takes the queries from the validation groups only (to choose settings on),
+    --split test from the test groups (to report them).
 
     \b
     Example:
       gjp knn --query 16_18052_25957 -k 8
       gjp knn --text "a marina with boats" --html marina.html
       gjp knn --eval
+      gjp knn --eval --split val
     """
     from gjp.evaluate import knn
 
@@ -759,10 +767,13 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
         return
     if evaluate:
         report = knn.evaluate_retrieval(embeddings, dataset, k=k, metric=metric, categories=categories,
-                                        output_dir=output, overwrite=overwrite, queries=eval_queries)
+                                        output_dir=output, overwrite=overwrite, queries=eval_queries,
+                                        query_split=query_split, splits=splits)
         click.echo(report.table())
         _reporter(False).info(report.summary())
         return
+    if query_split is not None:
+        raise click.UsageError("--split chooses the queries of --eval; give --eval")
     if (query is None) == (text is None):
         raise click.UsageError("give --query TILE or --text \"…\" (or --eval)")
     if html_path is not None:
@@ -797,7 +808,8 @@ def knn_cmd(embeddings, query, k, metric, entity, text, html_path, evaluate, cat
 @click.argument("results", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--csv", "as_csv", is_flag=True, help="CSV instead of a Markdown table.")
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True,
-              help="The probes' split the MAEs come from: val to choose settings, test to report them.")
+              help="The probes' split the MAEs come from (and retrieval's, where `knn --eval --split` measured "
+                   "it): val to choose settings, test to report them.")
 def score_cmd(results, as_csv, split):
     """The score table: test MAE per model and task, and the harmonic-mean score.
 

@@ -387,3 +387,75 @@ def test_knn_eval_samples_queries_deterministically(monaco_dataset, tmp_path, mo
     assert other["categories"] != some["categories"]
     for name, c in some["categories"].items():  # the same tiles, a share of them asked
         assert c["tiles"] == everything["categories"][name]["tiles"] and c["queries"] <= c["tiles"]
+
+
+def test_knn_eval_split_asks_only_the_tiles_of_one_split_and_score_shows_that_half(monaco_dataset, tmp_path,
+                                                                                   run_gjp):
+    """knn --eval --split val|test: the queries are the category tiles of that split's
+    groups, each searched against every tile; the two halves partition the queries of
+    the whole, each is written apart, and `score --split` shows its own half."""
+    import json
+
+    from gjp.dataset.format import decode, open_dataset
+    from gjp.embedders.embed import embed
+    from gjp.embeddings import open_embeddings
+    from gjp.evaluate.knn import category_precision, evaluate_retrieval, tile_categories
+    from gjp.evaluate.score import load_results, score_table
+
+    _, _, dataset = monaco_dataset
+    emb = tmp_path / "tagcount.h5"
+    embed("tagcount", dataset, emb)
+    categories = tmp_path / "c.toml"
+    categories.write_text('buildings = { building = "*" }\nshops = { shop = "*", amenity = ["cafe", "restaurant"] }\n')
+    with open_dataset(dataset) as f:
+        groups = decode(f["tiles/group"][()])
+    distinct = sorted(set(groups))
+    splits = tmp_path / "splits.csv"   # every other group in val; the rest (and any unlisted) in test
+    splits.write_text("group,split\n" + "".join(f"{g},{'val' if i % 2 else 'test'}\n" for i, g in enumerate(distinct)))
+    out = tmp_path / "results"
+    whole = evaluate_retrieval(emb, dataset, categories=categories, output_dir=out).result
+    halves = {s: evaluate_retrieval(emb, dataset, categories=categories, output_dir=out, query_split=s,
+                                    splits=splits) for s in ("val", "test")}
+    assert sorted(p.name for p in out.iterdir()) == ["tagcount__knn.json", "tagcount__knn__test.json",
+                                                     "tagcount__knn__val.json"]
+    with open_embeddings(emb) as e:
+        names, vectors = e.names, e.tiles.block(0, len(e.names))
+    with open_dataset(dataset) as f:
+        assert (names == np.asarray(f["tiles/name"][()], dtype=bytes)).all()  # embedding rows = dataset tiles
+    members = tile_categories(dataset, names, {"buildings": {"building": "*"},
+                                               "shops": {"shop": "*", "amenity": ["cafe", "restaurant"]}})
+    val_groups = set(distinct[1::2])
+    for name, rows in members.items():
+        asked = {s: rows[np.isin(np.asarray(groups)[rows], list(val_groups)) == (s == "val")] for s in halves}
+        assert len(asked["val"]) and len(asked["test"])
+        for s, report in halves.items():
+            got = report.result["categories"][name]
+            assert got["queries"] == len(asked[s]) and got["tiles"] == len(rows)
+            assert got["precision"] == pytest.approx(category_precision(vectors, rows, asked[s], 8))
+        assert sum(h.result["categories"][name]["queries"] for h in halves.values()) == \
+            whole["categories"][name]["queries"]
+    assert halves["val"].result["query_split"] == "val" and whole["query_split"] is None
+    assert "queries from the val groups" in halves["val"].summary()
+
+    probes, retrieval = load_results(sorted(out.glob("*.json")))
+    for s in ("val", "test"):
+        precision = {r["model"]: r["precision"] for r in score_table(probes, retrieval, s)[1]}
+        assert precision["tagcount"] == pytest.approx(halves[s].result["precision_mean"])
+    assert score_table([], [r for r in retrieval if not r["query_split"]], "val")[1][0]["precision"] == \
+        pytest.approx(whole["precision_mean"])
+    copy = tmp_path / "again.json"
+    copy.write_text(json.dumps(halves["val"].result))
+    with pytest.raises(GjpError, match="a second result for tagcount / knn / val"):
+        load_results([out / "tagcount__knn__val.json", copy])
+
+    code, _, err = run_gjp(["knn", "-e", str(emb), "-i", str(dataset), "--eval", "--split", "val", "--splits",
+                            str(tmp_path / "missing.csv"), "-o", str(tmp_path / "r2")])
+    assert code == 1 and "missing.csv" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2").exists()
+    nowhere = tmp_path / "nowhere.csv"
+    nowhere.write_text("group,split\n" + "".join(f"{g},train\n" for g in distinct))
+    code, _, err = run_gjp(["knn", "-e", str(emb), "-i", str(dataset), "--eval", "--split", "val", "--splits",
+                            str(nowhere), "-o", str(tmp_path / "r3")])
+    assert code == 1 and "nowhere.csv" in err and "no tile" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_gjp(["knn", "-e", str(emb), "--query", "16_1_1", "--split", "val"])
+    assert code == 2 and "--split" in err

@@ -81,30 +81,10 @@ def test_with_retrieval_split_the_choice_weighs_both_measures_on_validation(repo
     assert "GeoJEPA is `geojepa-M`" in "\n".join(report._headline(probes, retrieval))   # masked alone
 
 
-def test_split_retrieval_asks_only_one_splits_tiles(report, monaco_dataset, tmp_path):
-    """With every group in validation, validation retrieval is knn --eval's over every
-    query; split in two, each half asks its own tiles only (and no half: NaN)."""
-    import math
-    import shutil
-
-    from gjp.dataset.format import decode, open_dataset
-    from gjp.embedders.embed import embed
-    from gjp.evaluate.knn import evaluate_retrieval
-
-    evaluation = tmp_path / "eval"
-    (evaluation / "embeddings").mkdir(parents=True)
-    (evaluation / "tasks").mkdir()
-    shutil.copy(monaco_dataset[2], evaluation / "dataset.h5")
-    embeddings = evaluation / "embeddings" / "tagcount.h5"
-    embed("tagcount", evaluation / "dataset.h5", embeddings)
-    with open_dataset(evaluation / "dataset.h5") as f:
-        groups = sorted(set(decode(f["tiles/group"][()])))
-    splits = evaluation / "tasks" / "splits.csv"
-    splits.write_text("group,split\n" + "".join(f"{g},val\n" for g in groups))
-    whole = evaluate_retrieval(embeddings, evaluation / "dataset.h5", output_dir=tmp_path / "r", queries=10**9)
-    found = report.split_retrieval(tmp_path, ["tagcount", "not-embedded"])
-    assert list(found) == ["tagcount"] and math.isnan(found["tagcount"]["test"])
-    assert found["tagcount"]["val"] == pytest.approx(whole.result["precision_mean"])
-    splits.write_text("group,split\n" + "".join(f"{g},{'val' if i % 2 else 'test'}\n" for i, g in enumerate(groups)))
-    halves = report.split_retrieval(tmp_path, ["tagcount"])["tagcount"]
-    assert 0 < halves["val"] < 1 and 0 < halves["test"] < 1 and halves["val"] != halves["test"]
+def test_split_retrieval_reads_the_halves_knn_eval_split_wrote(report):
+    """report.py takes validation and test retrieval from `knn --eval --split val|test`
+    results; a model with one half only has no split retrieval."""
+    results = [{"model": "a", "precision_mean": 0.5}, {"model": "a", "precision_mean": 0.4, "query_split": "val"},
+               {"model": "a", "precision_mean": 0.6, "query_split": "test"},
+               {"model": "b", "precision_mean": 0.3, "query_split": "val"}]
+    assert report.split_retrieval(results) == {"a": {"val": 0.4, "test": 0.6}}

@@ -88,6 +88,48 @@ def run(workspace, tmp_path_factory):
     return out
 
 
+def test_tile_vectors_are_pooled_around_the_mean_output_token_of_the_train_tiles(workspace, run, tmp_path):
+    """Pretraining ends by measuring the target encoder's mean output token over the train
+    tiles (whole, unmasked, as embed reads them); tile vectors pool the outputs centred on
+    it. A checkpoint from before the centre existed loads with a zero centre: its tile
+    vectors stay [mean ‖ max] of the raw outputs."""
+    import torch
+
+    from gjp.dataset.loader import TileDataset, collate_tiles
+    from gjp.embedders.geojepa import geojepa_embeddings, load_geojepa
+
+    tokenizer, model, _ = load_geojepa(run)
+    train, _ = tile_splits(workspace / "dataset.h5", workspace / "tasks" / "splits.csv", False)
+    tiles = TileDataset(workspace / "dataset.h5", train)
+    outputs = []
+    with torch.no_grad():
+        for i in range(len(tiles)):  # one tile at a time: no batch can shape the reference
+            tokens, _, padding = tokenizer(collate_tiles([tiles[i]]))
+            outputs.append(model.embed(tokens, padding)[1][~padding])
+    centre = torch.cat(outputs).double().mean(dim=0).float()
+    assert float(centre.norm()) > 0.1
+    torch.testing.assert_close(model.token_center, centre, atol=1e-5, rtol=1e-4)
+
+    vectors = geojepa_embeddings(workspace / "dataset.h5", run).vectors
+    first = TileDataset(workspace / "dataset.h5")[0]
+    with torch.no_grad():
+        tokens, _, padding = tokenizer(collate_tiles([first]))
+        out = model.embed(tokens, padding)[1][~padding]
+    d = out.shape[1]
+    np.testing.assert_allclose(vectors[0, :d], (out - centre).mean(dim=0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(vectors[0, d:], (out - centre).amax(dim=0).numpy(), atol=1e-5)
+
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old)
+    checkpoint = torch.load(old / "checkpoint.pt", weights_only=True)
+    del checkpoint["model"]["token_center"]
+    torch.save(checkpoint, old / "checkpoint.pt")
+    assert float(load_geojepa(old)[1].token_center.abs().sum()) == 0
+    raw = geojepa_embeddings(workspace / "dataset.h5", old).vectors
+    np.testing.assert_allclose(raw[0, :d], out.mean(dim=0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(raw[0, d:], out.amax(dim=0).numpy(), atol=1e-5)
+
+
 def test_embeddings_do_not_depend_on_the_batch_and_feed_every_evaluation(workspace, run, tmp_path):
     from gjp.embedders.embed import embed
     from gjp.embedders.geojepa import geojepa_embeddings

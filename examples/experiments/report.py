@@ -21,13 +21,14 @@ CURVES = ("prediction", "variance", "target_std", "target_rank")
 
 def main(out: Path) -> str:
     results = sorted((out / "eval" / "results").glob("*.json"))
-    probes, retrieval = load_results(results)
+    probes, results = load_results(results)
+    retrieval = [r for r in results if not r.get("query_split")]   # knn --eval over every query
     tasks, rows = score_table(probes, retrieval)
     lines = [f"# Experiment: {out.name}", "",
              "Pretraining extracts (`train/`) and evaluation extracts (`eval/`) are different regions: "
              "every number below is measured where no model was pretrained.", "",
              _extracts(out), ""]
-    lines += _headline(probes, retrieval, split_retrieval(out, [r["model"] for r in retrieval]))
+    lines += _headline(probes, retrieval, split_retrieval(results))
     lines += _configurations(probes, retrieval, rows)
     lines += ["", "## Every model and head (test)", "",
              "Harmonic mean over the masked tasks of (best MAE / MAE), test split; precision@k of "
@@ -93,42 +94,16 @@ def _by_configuration(models) -> dict[str, list[str]]:
     return groups
 
 
-def split_retrieval(out: Path, models: list[str], k: int = 8) -> dict[str, dict[str, float]]:
-    """Model → retrieval precision@k with the query tiles of the validation groups
-    (``val``) and of the test groups (``test``) of the evaluation splits, each searched
-    against every tile, averaged over the categories with such queries: retrieval with a
-    validation half to choose on and a test half to report, like the masked tasks."""
-    import numpy as np
-
-    from gjp.dataset.format import decode, open_dataset
-    from gjp.embeddings import open_embeddings
-    from gjp.evaluate.knn import category_precision, load_categories, tile_categories
-    from gjp.tasks.files import read_splits
-
-    evaluation = out / "eval"
-    splits = evaluation / "tasks" / "splits.csv"
-    if not splits.exists():
-        return {}
-    split_of = read_splits(splits)
-    with open_dataset(evaluation / "dataset.h5") as f:
-        group_of = dict(zip(decode(f["tiles/name"][()]), decode(f["tiles/group"][()]), strict=True))
-    categories = load_categories(None)
-    found = {}
-    for model in models:
-        path = evaluation / "embeddings" / f"{model}.h5"
-        if not path.exists():
-            continue
-        with open_embeddings(path) as emb:
-            names = decode(emb.names)
-            tile_split = np.array([split_of.get(group_of.get(n), "test") for n in names])
-            members = tile_categories(evaluation / "dataset.h5", emb.names, categories)
-            found[model] = {}
-            for split in ("val", "test"):
-                per_category = [category_precision(emb.tiles, rows, rows[tile_split[rows] == split], k)
-                                for rows in members.values()
-                                if len(rows) >= k + 1 and (tile_split[rows] == split).any()]
-                found[model][split] = float(np.mean(per_category)) if per_category else float("nan")
-    return found
+def split_retrieval(retrieval: list[dict]) -> dict[str, dict[str, float]]:
+    """Model → retrieval precision@k with the validation groups' tiles as queries (``val``)
+    and with the test groups' (``test``), from its ``gjp knn --eval --split val|test``
+    results (each query searched against every tile): retrieval with a validation half to
+    choose on and a test half to report, like the masked tasks. Only models with both."""
+    halves: dict[str, dict[str, float]] = {}
+    for r in retrieval:
+        if r.get("query_split") in ("val", "test"):
+            halves.setdefault(r["model"], {})[r["query_split"]] = r["precision_mean"]
+    return {m: h for m, h in halves.items() if len(h) == 2}
 
 
 def _headline(probes: list[dict], retrieval: list[dict],

@@ -110,6 +110,9 @@ for model in "${models[@]}"; do
     done
     gjp -q embed --model "$model"
     gjp knn -e "embeddings/$name.h5" --eval > /dev/null
+    for split in val test; do   # a validation half to choose on, a test half to report
+        gjp knn -e "embeddings/$name.h5" --eval --split $split > /dev/null
+    done
 done
 gjp score | tee score.md
 python "$here/report.py" "$out" > "$out/report.md"

@@ -6,7 +6,8 @@ of the run's tokenizer and encoder:
 - ``fused``: the entity tokens after fusing tags and geometry (``EntityFusion``);
 - ``conditioning``: the min-box and modality encoding added to every token, alone;
 - ``tokens``: what the encoder reads (fused + conditioning);
-- ``output``: the target encoder's outputs, the run's tile vectors (as `gjp embed`).
+- ``output``: the target encoder's outputs, the run's tile vectors (as `gjp embed`:
+  centred on the run's token centre before pooling).
 
 Also each stage's mean token norm, since a large addend drowns the others.
 
@@ -50,7 +51,7 @@ def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict
         for start in range(0, len(data), batch_size):
             batch = collate_tiles([data[i] for i in range(start, min(len(data), start + batch_size))])
             tokens, _, padding = tokenizer(batch)
-            _, output = model.embed(tokens, padding)
+            tiles, output = model.embed(tokens, padding)
             per_slot = {"tokens": (tokens, padding), "output": (output, padding),
                         "conditioning": (seen["conditioning"], padding)}
             entities = batch["padding_mask"]  # the entity slots (split tokens have each twice)
@@ -58,7 +59,8 @@ def stage_vectors(run: Path, dataset: Path, batch_size: int = 256) -> tuple[dict
                 if stage in seen:   # per entity: placed in the entity's slot
                     per_slot[stage] = (in_entity_slots(seen[stage], batch), entities)
             for stage, (values, pad) in per_slot.items():
-                vectors[stage].append(pool_tiles(values, pad))
+                # the output stage is the run's own tile vectors (pooled around its token centre)
+                vectors[stage].append(tiles if stage == "output" else pool_tiles(values, pad))
                 norms[stage].append(float(values[~pad].norm(dim=-1).mean()))
     return ({s: torch.cat(v).numpy() for s, v in vectors.items() if v},
             {s: float(np.mean(n)) for s, n in norms.items() if n}, data.names)

@@ -3,7 +3,9 @@
 The run's tokenizer (with its frozen tag table and geometry encoder, both saved in the
 checkpoint) makes every tile's tokens, unmasked and without noise or dropout; the target
 encoder reads them; a tile's vector is [mean ‖ max] over its real tokens (never padding:
-it does not depend on the batch), and each entity's token output is its entity vector.
+it does not depend on the batch) of the outputs less the run's token centre (the mean
+output token over its pretraining tiles), and each entity's token output is its entity
+vector (not centred).
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def geojepa_embeddings(dataset: Path, checkpoint: str | Path, batch_size: int = 
 
     params = {"checkpoint": str(checkpoint), "modalities": config["train"].get("modalities"),
               "preset": config.get("preset"), "image": config.get("image"),
-              "pooling": "tile = [mean, max] of the target encoder's outputs over real tokens"}
+              "pooling": "tile = [mean, max] over real tokens of the target encoder's outputs less the "
+                         "run's token centre"}
     return EmbedResult(names[rows_with_tokens], blocks, params, skipped=skipped,
                        entities=int(tile_offsets[-1]) if with_entities else None)

@@ -296,6 +296,24 @@ def tile_categories(dataset: str | Path, names, categories: dict[str, dict]) -> 
     return out
 
 
+def split_rows(dataset: str | Path, names, splits: str | Path, split: str) -> np.ndarray:
+    """The sorted indices (into ``names``) of the tiles whose group is in ``split`` of a
+    ``tasks/splits.csv`` table (a group missing from it counts as test, as in pretraining)."""
+    from gjp.dataset.format import decode, open_dataset
+    from gjp.tasks.files import SPLITS, read_splits
+
+    if split not in SPLITS:
+        raise GjpError(f"no split {split!r}: choose one of {', '.join(SPLITS)}")
+    split_of = read_splits(Path(splits))
+    with open_dataset(dataset) as f:
+        position = _positions(np.asarray(f["tiles/name"][()], dtype=bytes),
+                              np.array([n.encode() if isinstance(n, str) else n for n in names], dtype=bytes))
+        groups = decode(f["tiles/group"][()])
+    inside = np.array([split_of.get(g, "test") == split for g in groups], dtype=bool)
+    rows = position[inside]
+    return np.sort(rows[rows >= 0])
+
+
 def _positions(dataset_names: np.ndarray, names: np.ndarray) -> np.ndarray:
     """For each dataset tile, its index in ``names`` (−1 where absent)."""
     if len(dataset_names) == len(names) and (dataset_names == names).all():
@@ -322,6 +340,8 @@ class RetrievalReport:
         r = self.result
         sampled = (f", {r['queries']} of {r['query_tiles']} tiles as queries (seed {r['query_seed']})"
                    if r.get("queries", 0) < r.get("query_tiles", 0) else "")
+        if r.get("query_split"):
+            sampled += f", queries from the {r['query_split']} groups"
         return (f"{r['model']}: retrieval precision@{r['k']} {r['precision_mean']:.3f} over "
                 f"{len(r['categories'])} categories (chance {r['chance_mean']:.3f}){sampled} -> {self.path}")
 
@@ -337,22 +357,32 @@ def category_precision(vectors, rows: np.ndarray, asked: np.ndarray, k: int, met
 def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None, *, k: int = 8,
                        metric: str = "cosine", categories: str | Path | None = None,
                        output_dir: str | Path = "results", overwrite: bool = False,
-                       queries: int = EVAL_QUERIES, seed: int = EVAL_SEED) -> RetrievalReport:
+                       queries: int = EVAL_QUERIES, seed: int = EVAL_SEED, query_split: str | None = None,
+                       splits: str | Path = "tasks/splits.csv") -> RetrievalReport:
     """Precision@k that a tile's neighbours share its category, averaged over the tiles
     of each category with at least k + 1 tiles; written to ``results/MODEL__knn.json``.
 
     The query tiles are a random sample (``seed``) of ``queries`` of the tiles in those
     categories, or all of them when there are no more: each is still searched against
     every tile (exact), so time grows with the tiles, not with their square. The
-    embeddings are read block by block, so memory does not grow with them either."""
+    embeddings are read block by block, so memory does not grow with them either.
+
+    ``query_split`` (``val``, ``test``, ``train``) takes the queries from the tiles of that
+    split's groups in ``splits`` only, still searched against every tile: retrieval with
+    a validation half to choose settings on and a test half to report, like the probes.
+    Its result is ``results/MODEL__knn__SPLIT.json``; the mean is over the categories
+    with a query in the split."""
     with open_embeddings(embeddings) as emb:
-        path = Path(output_dir) / f"{emb.model}__knn.json"
+        suffix = f"__{query_split}" if query_split else ""
+        path = Path(output_dir) / f"{emb.model}__knn{suffix}.json"
         check_output_free(path, overwrite)
         dataset = Path(dataset or emb.attrs.get("dataset", "dataset.h5"))
         members = tile_categories(dataset, emb.names, load_categories(categories))
         evaluated = {name: rows for name, rows in sorted(members.items()) if len(rows) >= k + 1}
         skipped = {name: len(rows) for name, rows in sorted(members.items()) if len(rows) < k + 1}
         candidates = np.unique(np.concatenate([np.zeros(0, np.int64), *evaluated.values()]))
+        if query_split:
+            candidates = np.intersect1d(candidates, split_rows(dataset, emb.names, splits, query_split))
         sample = candidates
         if len(candidates) > queries:
             sample = np.sort(np.random.default_rng(seed).choice(candidates, queries, replace=False))
@@ -366,6 +396,9 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
                                   "precision": category_precision(emb.tiles, rows, asked, k, metric),
                                   "chance": float((len(rows) - 1) / (len(emb.names) - 1))}
     if not per_category:
+        if query_split and evaluated:
+            raise GjpError(f"{splits}: no tile of a category (with {k + 1} tiles or more) is in a {query_split} "
+                           "group to ask from")
         raise GjpError(f"{dataset}: no category has {k + 1} tiles or more to evaluate (see --categories)")
     result = {"format": RESULT_FORMAT, "format_version": RESULT_VERSION,
               "model": emb.model, "embeddings": str(embeddings), "task": "knn", "kind": "retrieval", "k": k,
@@ -373,6 +406,7 @@ def evaluate_retrieval(embeddings: str | Path, dataset: str | Path | None = None
               "precision_mean": float(np.mean([c["precision"] for c in per_category.values()])),
               "chance_mean": float(np.mean([c["chance"] for c in per_category.values()])),
               "queries": int(len(sample)), "query_tiles": int(len(candidates)), "query_seed": seed,
+              "query_split": query_split, "splits": str(splits) if query_split else None,
               "unsampled": unsampled, "gjp_version": __version__, "command": command_line()}
     write_json(path, result, overwrite)
     return RetrievalReport(path, result)

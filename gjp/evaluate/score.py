@@ -4,7 +4,8 @@ One row per model and probe head, one column per task (test MAE, mean ± sd over
 the harmonic mean over tasks of best MAE / MAE (1.0 = the best row on every task; a row
 missing a task is scored on the tasks it has, and says so), a Dummy row (the train-median
 predictor, from each task's statistics), and the retrieval precision@k of `gjp knn --eval`
-when present. Rows are sorted by the harmonic mean.
+when present (with ``--split val``, the validation half's ``knn --eval --split val`` where
+it exists). Rows are sorted by the harmonic mean.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def load_results(paths: list[Path]) -> tuple[list[dict], list[dict]]:
                      "gjp probe` or `gjp knn --eval")
         if data.get("kind") == "retrieval":
             _require(path, data, {"model": str, "precision_mean": float})
-            key = (data["model"], "knn")
+            key = (data["model"], "knn", data.get("query_split") or "every query")
             retrieval.append(data)
         elif "test_mae_mean" in data:
             _require(path, data, {"model": str, "task": str, "head": str, "test_mae_mean": float,
@@ -90,7 +91,7 @@ def score_table(probes: list[dict], retrieval: list[dict], split: str = "test") 
     # exactly right) would send every other row's score to 0: it cannot rank, so it is
     # shown but not scored
     scored = [t for t in tasks if best[t] > 0]
-    precision = {r["model"]: r["precision_mean"] for r in retrieval}
+    precision = retrieval_precision(retrieval, split)
     for row in rows.values():
         ratios = [_ratio(best[t], row["mae"][t][0]) for t in scored if t in row["mae"]]
         row["score"] = len(ratios) / sum(1 / r for r in ratios) if ratios and all(r > 0 for r in ratios) else 0.0
@@ -104,6 +105,15 @@ def score_table(probes: list[dict], retrieval: list[dict], split: str = "test") 
     for r in ordered:
         r["unscored"] = [t for t in tasks if t not in scored]
     return tasks, ordered
+
+
+def retrieval_precision(retrieval: list[dict], split: str) -> dict[str, float]:
+    """Model → the precision@k a table of ``split`` shows: of the retrieval result whose
+    queries came from that split's groups (``knn --eval --split``) where there is one,
+    else of the one over every query."""
+    found = {r["model"]: r["precision_mean"] for r in retrieval if not r.get("query_split")}
+    found.update({r["model"]: r["precision_mean"] for r in retrieval if r.get("query_split") == split})
+    return found
 
 
 def _ratio(best: float, mae: float) -> float:

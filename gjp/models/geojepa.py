@@ -14,8 +14,10 @@ conditions ``c`` [B,T,d], padding, a context mask [B,T] and K target masks [B,K,
    β_v · (VICReg variance + covariance) of the predictions and of the context outputs.
 
 :meth:`GeoJepa.embed` is how a tile becomes a vector after training: the target encoder
-over all its real tokens, [mean ‖ max] over those tokens only (never padding), so a tile's
-vector does not depend on its batch. Imports torch only.
+over all its real tokens, centred on ``token_center`` (the mean output token over the
+pretraining tiles, which pretraining measures once it ends), then [mean ‖ max] over those
+tokens only (never padding), so a tile's vector does not depend on its batch. Imports
+torch only.
 """
 
 from __future__ import annotations
@@ -89,6 +91,11 @@ class GeoJepa(nn.Module):
         self.context_encoder = Encoder(body)
         self.predictor = Predictor(config)
         self.target_encoder = copy.deepcopy(self.context_encoder).requires_grad_(False)
+        # Every output token shares one large component; cosine neighbours of tiles pooled
+        # around it hang on what is left. Zeros until pretraining's last pass sets it (and in
+        # checkpoints from before it existed, so their tile vectors stay as they were).
+        self.register_buffer("token_center", torch.zeros(config.dim))
+        self.register_load_state_dict_pre_hook(_center_defaults_to_zero)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -124,9 +131,14 @@ class GeoJepa(nn.Module):
 
     @torch.no_grad()
     def embed(self, tokens, padding) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tile vectors [B, 2d] = [mean ‖ max] over real tokens, token outputs [B,T,d])."""
+        """(tile vectors [B, 2d] = [mean ‖ max] over real tokens centred on ``token_center``,
+        token outputs [B,T,d] as the target encoder gives them)."""
         out = self.target_encoder(tokens, padding)
-        return pool_tiles(out, padding), out
+        return pool_tiles(out - self.token_center.to(out.dtype), padding), out
+
+
+def _center_defaults_to_zero(module, state_dict, prefix, *_):
+    state_dict.setdefault(prefix + "token_center", torch.zeros_like(module.token_center))
 
 
 def pool_tiles(values: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ and the target encoder's EMA update. Pretraining uses the **train** groups of
 ``tasks/splits.csv`` and reports a validation JEPA loss on the **val** groups after every
 epoch: test groups never enter, so the probes stay honest (``--all-tiles`` overrides).
 A collapse check stops the run with one line when the target encoder's outputs lose
-their spread.
+their spread. After the last step, one pass over the train tiles measures the target
+encoder's mean output token, the centre that ``gjp embed`` pools tile vectors around.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ IMAGE_TOKENS = ("patches", "patches+global")
 TARGET_TOKENIZERS = ("ema", "shared")
 #: An entity as one token (tags and geometry fused by an MLP) or two (a tag and a geometry token).
 ENTITY_TOKENS = ("fused", "split")
+#: Train tiles (a seeded sample) whose outputs set the token centre of tile vectors after training …
+CENTER_TILES = 4096
+#: … read in batches of at most this many padded entity slots.
+CENTER_BATCH_ENTITIES = 16384
 #: A preset is a model size (gjp.models.geojepa.PRESETS) and these training settings, which
 #: explicit ones override. ``cpu``, the default of `gjp pretrain`, is the configuration issue
 #: 14's experiment chose on validation (docs/experiments/2026-12-02d.md): T tokens balanced,
@@ -466,6 +471,7 @@ def _pretrain(output: Path, config: GeoJepaTrainConfig, device, overwrite: bool,
                     "metrics": json.dumps(metrics)})
             ranks.barrier()
     bar.close()
+    model.token_center.copy_(_token_center(step_module, train_set, config, device, ranks, reporter))
     seconds = time.perf_counter() - started
     report = JepaReport(output, config.epochs, step, train_loss, val_loss, seconds)
     if not ranks.main:
@@ -603,6 +609,44 @@ def _training_state(step_module, optimiser, step: int) -> dict:
     if step_module.target_tokenizer is not None:
         state["target_tokenizer"] = cpu(step_module.target_tokenizer.state_dict())
     return state
+
+
+def _token_center(step_module, dataset, config: GeoJepaTrainConfig, device, ranks, reporter: Reporter):
+    """The mean output token of the trained target encoder over the real tokens of the train
+    tiles (a seeded sample of at most :data:`CENTER_TILES`, each process its share), read as
+    ``gjp embed`` reads them: whole tiles, eval mode, no mask, crop or noise. Batches hold at
+    most ``batch_size`` tiles and :data:`CENTER_BATCH_ENTITIES` entity slots, so memory is
+    bounded by settings, not by the densest tile."""
+    import torch
+
+    from gjp.dataset.loader import collate_tiles
+    from gjp.device import autocast, to_device
+
+    rng = np.random.default_rng([config.seed, 0x63656E74])
+    sample = rng.permutation(len(dataset))[:CENTER_TILES][ranks.rank::ranks.world]
+    counts = np.maximum(dataset.entity_counts[sample], 1)
+    sample, counts = sample[np.argsort(counts, kind="stable")], np.sort(counts, kind="stable")
+    tokenizer = step_module.target_tokenizer if step_module.target_tokenizer is not None else step_module.tokenizer
+    step_module.eval()
+    total = torch.zeros(step_module.model.config.dim, dtype=torch.float64)
+    tokens_seen, start = 0, 0
+    bar = reporter.progress(total=len(sample), desc="token centre", unit=" tile")
+    with torch.no_grad(), autocast(device):
+        while start < len(sample):  # ascending sizes: the batch grows while its padded size fits
+            stop = start + 1
+            while (stop < len(sample) and stop - start < config.batch_size
+                   and (stop + 1 - start) * counts[stop] <= CENTER_BATCH_ENTITIES):
+                stop += 1
+            batch = to_device(collate_tiles([dataset[int(i)] for i in sample[start:stop]]), device)
+            tokens, _, padding = tokenizer(batch)
+            out = step_module.model.target_encoder(tokens, padding)[~padding]
+            total += out.double().sum(dim=0).cpu()
+            tokens_seen += len(out)
+            bar.update(stop - start)
+            start = stop
+    bar.close()
+    reduced = ranks.sum(total.tolist() + [tokens_seen], device)
+    return torch.tensor(reduced[:-1], dtype=torch.float64).div(max(reduced[-1], 1)).float()
 
 
 def _validation_loss(step_module, dataset, sampler, collator, epoch, device, ranks) -> float:
