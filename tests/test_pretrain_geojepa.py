@@ -130,6 +130,35 @@ def test_tile_vectors_are_pooled_around_the_mean_output_token_of_the_train_tiles
     np.testing.assert_allclose(raw[0, d:], out.amax(dim=0).numpy(), atol=1e-5)
 
 
+def test_the_token_centre_pass_keeps_its_batches_within_the_entity_budget(workspace, run, monkeypatch):
+    """The centre pass's memory is bounded by settings: no batch holds more than
+    batch_size tiles or (unless it is one tile) CENTER_BATCH_ENTITIES padded entity
+    slots, and the centre does not depend on the budget."""
+    import types
+
+    import torch
+
+    import gjp.dataset.loader as loader
+    from gjp.dataset.loader import TileDataset
+    from gjp.embedders.geojepa import load_geojepa
+    from gjp.pretrain import geojepa as pretrain
+    from gjp.pretrain.distributed import Distributed
+    from gjp.ui import QUIET
+
+    tokenizer, model, _ = load_geojepa(run)
+    train, _ = tile_splits(workspace / "dataset.h5", workspace / "tasks" / "splits.csv", False)
+    tiles = TileDataset(workspace / "dataset.h5", train)
+    step = types.SimpleNamespace(target_tokenizer=None, tokenizer=tokenizer, model=model, eval=lambda: None)
+    batches, collate = [], loader.collate_tiles
+    monkeypatch.setattr(loader, "collate_tiles", lambda samples: batches.append(samples) or collate(samples))
+    monkeypatch.setattr(pretrain, "CENTER_BATCH_ENTITIES", 64)
+    centre = pretrain._token_center(step, tiles, config(workspace), torch.device("cpu"), Distributed(), QUIET)
+    sizes = [(len(b), max(len(s.kind) for s in b)) for b in batches]
+    assert sum(n for n, _ in sizes) == len(tiles) and len(sizes) > len(tiles) / config(workspace).batch_size
+    assert all(n <= config(workspace).batch_size and (n == 1 or n * max(widest, 1) <= 64) for n, widest in sizes)
+    torch.testing.assert_close(centre, model.token_center, atol=1e-5, rtol=1e-4)
+
+
 def test_embeddings_do_not_depend_on_the_batch_and_feed_every_evaluation(workspace, run, tmp_path):
     from gjp.embedders.embed import embed
     from gjp.embedders.geojepa import geojepa_embeddings

@@ -279,8 +279,7 @@ def tile_categories(dataset: str | Path, names, categories: dict[str, dict]) -> 
     from gjp.dataset.tags import raw_tag_blocks
 
     with open_dataset(dataset) as f:
-        position = _positions(np.asarray(f["tiles/name"][()], dtype=bytes),
-                              np.array([n.encode() if isinstance(n, str) else n for n in names], dtype=bytes))
+        position = _names_positions(f, names)
         hit_tiles = {name: np.zeros(len(position), dtype=bool) for name in categories}
         for tags in raw_tag_blocks(f):
             for name, conditions in categories.items():
@@ -299,19 +298,22 @@ def tile_categories(dataset: str | Path, names, categories: dict[str, dict]) -> 
 def split_rows(dataset: str | Path, names, splits: str | Path, split: str) -> np.ndarray:
     """The sorted indices (into ``names``) of the tiles whose group is in ``split`` of a
     ``tasks/splits.csv`` table (a group missing from it counts as test, as in pretraining)."""
-    from gjp.dataset.format import decode, open_dataset
-    from gjp.tasks.files import SPLITS, read_splits
+    from gjp.dataset.format import open_dataset
+    from gjp.tasks.files import SPLITS, read_splits, tile_split_names
 
     if split not in SPLITS:
         raise GjpError(f"no split {split!r}: choose one of {', '.join(SPLITS)}")
-    split_of = read_splits(Path(splits))
+    inside = tile_split_names(dataset, read_splits(Path(splits))) == split
     with open_dataset(dataset) as f:
-        position = _positions(np.asarray(f["tiles/name"][()], dtype=bytes),
-                              np.array([n.encode() if isinstance(n, str) else n for n in names], dtype=bytes))
-        groups = decode(f["tiles/group"][()])
-    inside = np.array([split_of.get(g, "test") == split for g in groups], dtype=bool)
+        position = _names_positions(f, names)
     rows = position[inside]
     return np.sort(rows[rows >= 0])
+
+
+def _names_positions(f, names) -> np.ndarray:
+    """For each tile of the open dataset ``f``, its index in ``names`` (bytes or str; −1 where absent)."""
+    return _positions(np.asarray(f["tiles/name"][()], dtype=bytes),
+                      np.array([n.encode() if isinstance(n, str) else n for n in names], dtype=bytes))
 
 
 def _positions(dataset_names: np.ndarray, names: np.ndarray) -> np.ndarray:

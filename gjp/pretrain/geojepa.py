@@ -176,14 +176,14 @@ def _read_splits(splits: str | Path, all_tiles: bool) -> dict[str, str] | None:
 
 
 def _shard_splits(dataset: str | Path, split_of: dict[str, str] | None) -> tuple[np.ndarray, np.ndarray]:
-    from gjp.dataset.format import decode, open_dataset
+    from gjp.dataset.format import open_dataset
+    from gjp.tasks.files import tile_split_names
 
-    with open_dataset(dataset) as f:
-        groups = decode(f["tiles/group"][()])
     if split_of is None:
-        everything = np.arange(len(groups))
+        with open_dataset(dataset) as f:
+            everything = np.arange(len(f["tiles/name"]))
         return everything, everything[:0]
-    split = np.array([split_of.get(g, "test") for g in groups])  # a group without a split is held out
+    split = tile_split_names(dataset, split_of)
     return np.flatnonzero(split == "train"), np.flatnonzero(split == "val")
 
 

@@ -101,3 +101,14 @@ def read_splits(path: Path) -> dict[str, str]:
     except csv.Error as err:
         raise GjpError(f"{path}: not a CSV file ({err})") from None
     return split_of
+
+
+def tile_split_names(dataset: str | Path, split_of: dict[str, str]) -> np.ndarray:
+    """Each tile's split in a dataset file, by its group (``split_of``, from
+    :func:`read_splits`); a group the table does not name is ``test``: held out, never
+    trained on."""
+    from gjp.dataset.format import decode, open_dataset
+
+    with open_dataset(dataset) as f:
+        groups = decode(f["tiles/group"][()])
+    return np.array([split_of.get(g, "test") for g in groups], dtype=object)
