@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/ruff check gjp tests benchmarks
+	$(BIN)/ruff check gjp tests benchmarks examples
 	$(BIN)/python -m pytest -q
 
 demo: install

@@ -600,8 +600,6 @@ def pretrain_cmd(model, modalities, pretext, dataset, output, tag_embeddings, ge
     if model == "polygnn":
         from gjp.pretrain.polygnn import PolygnnTrainConfig, pretrain_polygnn
 
-        if preset == "cpu":
-            raise GjpError("--preset cpu: a geojepa preset; polygnn has tiny, small and base")
         config = PolygnnTrainConfig(pretext=pretext, preset=preset or "tiny", epochs=epochs or 20,
                                     batch_size=batch_size or 64, lr=lr or 3e-3,
                                     spanning_tree=not no_spanning_tree, seed=seed, n_per_class=n_per_class,

@@ -201,16 +201,16 @@ def _pretrain(output, config, device, overwrite, reporter) -> PretrainReport:
     if config.pretext not in PRETEXTS:
         raise GjpError(f"--pretext {config.pretext!r}: choose one of {', '.join(PRETEXTS)}")
     check_output_free(output, overwrite, directory=True)
+    try:  # before the data: a wrong preset should not wait for a dataset's read
+        model_config = PolygonEncoderConfig.preset(config.preset)
+    except ValueError as err:
+        raise GjpError(f"--preset: {err}") from None
     device = resolve_device(device)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     data = DigitsPretext(config) if config.pretext == "digits" else OsmPretext(config)
     reporter.info(data.description)
-    try:
-        model_config = PolygonEncoderConfig.preset(config.preset)
-    except ValueError as err:
-        raise GjpError(f"--preset: {err}") from None
     encoder = PolygonEncoder(model_config).to(device)
     head = data.head(encoder.dim).to(device)
     parameters = [p for m in (encoder, head) for p in m.parameters()]

@@ -1,0 +1,114 @@
+"""How a GeoJEPA run's tile vectors should be pooled: retrieval precision@k (`gjp knn
+--eval`'s categories, queries from the validation half, the test half and every tile) of
+variants of one pooling of the target encoder's outputs over a tile's entities:
+
+- ``raw``: [mean ‖ max] of the outputs, as runs before the token centre pooled them;
+- ``mean``, ``max``: one half alone (raw);
+- ``tile-centred``: raw less the mean raw tile vector of the pretraining tiles;
+- ``tile-standardised``: the same, also divided by the pretraining tiles' sd;
+- ``token-centred``: [mean ‖ max] of the outputs less the run's ``token_center``, its mean
+  output token over the pretraining tiles (what `gjp embed` computes);
+- ``token-standardised``: the same, also divided by the pretraining tokens' sd;
+- ``max token-centred``: the centred max alone.
+
+Every variant is an affine map of the raw mean and max (a shift and a scale per dimension
+commute with both), so one pass over each dataset gives them all. Choose on ``val``.
+
+    python examples/experiments/pooling.py RUN_DIR EVAL_DIR [--train-dataset H5] [-k 8]
+
+EVAL_DIR holds ``dataset.h5`` and ``tasks/splits.csv``; the pretraining dataset is the
+run's own unless given. A diagnostic for experiments: it holds every tile's pooled vector
+in memory (tiles × 2d floats per variant), meant for regions of thousands of tiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gjp.dataset.loader import TileDataset, collate_tiles
+from gjp.embedders.geojepa import load_geojepa
+from gjp.embeddings import write_embeddings
+from gjp.errors import GjpError
+from gjp.evaluate.knn import evaluate_retrieval
+from gjp.models.geojepa import pool_tiles
+
+QUERY_SETS = ("val", "test", None)   # None: every tile asks
+
+
+def raw_pooling(run: Path, dataset: Path, batch_size: int = 128) -> dict:
+    """One pass of a run's target encoder over a dataset: every tile's raw mean and max of
+    its outputs ``[N, d]`` each, the tile names, and the sum, the sum of squares and the
+    count of its real output tokens (for the token sd); and the run's token centre."""
+    tokenizer, model, _ = load_geojepa(run)
+    data = TileDataset(dataset)
+    means, maxes, total, squares, count = [], [], 0.0, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            batch = collate_tiles([data[i] for i in range(start, min(len(data), start + batch_size))])
+            tokens, _, padding = tokenizer(batch)
+            _, output = model.embed(tokens, padding)   # the outputs as the encoder gives them
+            pooled = pool_tiles(output, padding).double()
+            half = pooled.shape[1] // 2
+            means.append(pooled[:, :half])
+            maxes.append(pooled[:, half:])
+            real = output[~padding].double()
+            total, squares, count = total + real.sum(0), squares + (real ** 2).sum(0), count + len(real)
+    return {"mean": torch.cat(means).numpy(), "max": torch.cat(maxes).numpy(), "names": list(data.names),
+            "centre": model.token_center.double().numpy(), "token_sd": ((squares / count - (total / count) ** 2)
+                                                                .clamp(min=0).sqrt()).numpy()}
+
+
+def variants(train: dict, evaluation: dict) -> dict[str, np.ndarray]:
+    """Name → the evaluation tiles' vectors of each pooling variant."""
+    def both(part):
+        return np.concatenate([part["mean"], part["max"]], axis=1)
+
+    raw, train_raw = both(evaluation), both(train)
+    centre, sd = train["centre"], train["token_sd"] + 1e-6
+    tile_centre, tile_sd = train_raw.mean(0), train_raw.std(0) + 1e-6
+    return {"raw": raw, "mean": evaluation["mean"], "max": evaluation["max"],
+            "tile-centred": raw - tile_centre, "tile-standardised": (raw - tile_centre) / tile_sd,
+            "token-centred": raw - np.tile(centre, 2), "token-standardised": (raw - np.tile(centre, 2)) / np.tile(sd, 2),
+            "max token-centred": evaluation["max"] - centre}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("evaluation", type=Path, help="the evaluation workspace: dataset.h5, tasks/splits.csv")
+    parser.add_argument("--train-dataset", type=Path, default=None, help="[default: the run's pretraining dataset]")
+    parser.add_argument("-k", type=int, default=8)
+    args = parser.parse_args()
+    train_dataset = args.train_dataset or Path(json.loads((args.run / "config.json").read_text())["train"]["dataset"])
+    if not train_dataset.exists():  # a run keeps its dataset as named where it ran
+        parser.error(f"{train_dataset}: the run's pretraining dataset is not here; give --train-dataset")
+    dataset, splits = args.evaluation / "dataset.h5", args.evaluation / "tasks" / "splits.csv"
+    train, evaluation = raw_pooling(args.run, train_dataset), raw_pooling(args.run, dataset)
+    print(f"| {args.run.name}: pooling | p@{args.k} val queries | test queries | every query |\n|---|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, vectors in variants(train, evaluation).items():
+            path = Path(scratch) / "pooled.h5"
+            write_embeddings(path, evaluation["names"], vectors, model="pooled", dataset=str(dataset), overwrite=True)
+            cells = [precision(path, dataset, args.k, scratch, split, splits) for split in QUERY_SETS]
+            print(f"| {name} | " + " | ".join("–" if p is None else f"{p:.3f}" for p in cells) + " |", flush=True)
+
+
+def precision(embeddings: Path, dataset: Path, k: int, scratch: str, split: str | None, splits: Path):
+    """`knn --eval`'s precision@k, or None when the split has no tile of a category to ask from."""
+    try:
+        return evaluate_retrieval(embeddings, dataset, k=k, output_dir=scratch, overwrite=True,
+                                  query_split=split, splits=splits).result["precision_mean"]
+    except GjpError:
+        if split is None:
+            raise
+        return None
+
+
+if __name__ == "__main__":
+    main()
