@@ -137,6 +137,39 @@ def test_the_loss_falls_on_a_tiny_data_set():
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8])
 
 
+def test_tile_vectors_pool_the_residual_stream_at_pool_layer_or_the_output():
+    """``pool_layer`` k pools the target encoder's residual stream after k blocks, before
+    any norm (0: its input tokens); None pools its output. The outputs, which entity
+    vectors are, do not change with it, and a saved config without it pools the output."""
+    from dataclasses import replace
+
+    from gjp.models.geojepa import GeoJepa, GeoJepaConfig, pool_tiles
+
+    torch.manual_seed(3)
+    model = GeoJepa(GeoJepaConfig.preset("tiny")).eval()
+    tokens, _, padding, _, _ = tiny_batch()
+    encoder = model.target_encoder
+    attend = ~padding[:, None, None, :]
+    after = [tokens]
+    for block in encoder.blocks:
+        after.append(block(after[-1], attend))
+    output = encoder.norm(after[-1])
+    assert model.config.pool_layer == 1
+    for layer in (None, 0, 1, 2):
+        model.config = replace(model.config, pool_layer=layer)
+        pooled, out = model.pooled_tokens(tokens, padding)
+        torch.testing.assert_close(out, output)
+        torch.testing.assert_close(pooled, output if layer is None else after[layer])
+        vectors, _ = model.embed(tokens, padding)
+        torch.testing.assert_close(vectors, pool_tiles(pooled, padding))  # the centre is zero until pretrained
+    saved = GeoJepaConfig.preset("tiny").to_dict()
+    del saved["pool_layer"]
+    assert GeoJepaConfig(**saved).pool_layer is None
+    for bad in (3, -1, 1.5):
+        with pytest.raises(ValueError, match="pool_layer"):
+            GeoJepaConfig.preset("tiny", pool_layer=bad)
+
+
 def test_a_tile_vector_does_not_depend_on_its_batch():
     from gjp.models.geojepa import GeoJepa, GeoJepaConfig
 

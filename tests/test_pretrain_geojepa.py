@@ -88,11 +88,12 @@ def run(workspace, tmp_path_factory):
     return out
 
 
-def test_tile_vectors_are_pooled_around_the_mean_output_token_of_the_train_tiles(workspace, run, tmp_path):
-    """Pretraining ends by measuring the target encoder's mean output token over the train
-    tiles (whole, unmasked, as embed reads them); tile vectors pool the outputs centred on
-    it. A checkpoint from before the centre existed loads with a zero centre: its tile
-    vectors stay [mean ‖ max] of the raw outputs."""
+def test_tile_vectors_are_pooled_around_the_mean_pooled_token_of_the_train_tiles(workspace, run, tmp_path):
+    """Pretraining ends by measuring the mean of the tokens a tile vector pools (the tiny
+    preset's: the residual stream after the first block) over the train tiles (whole,
+    unmasked, as embed reads them); tile vectors pool those tokens centred on it. A
+    checkpoint from before the centre existed loads with a zero centre: its tile vectors
+    stay [mean ‖ max] of the uncentred tokens."""
     import torch
 
     from gjp.dataset.loader import TileDataset, collate_tiles
@@ -105,7 +106,7 @@ def test_tile_vectors_are_pooled_around_the_mean_output_token_of_the_train_tiles
     with torch.no_grad():
         for i in range(len(tiles)):  # one tile at a time: no batch can shape the reference
             tokens, _, padding = tokenizer(collate_tiles([tiles[i]]))
-            outputs.append(model.embed(tokens, padding)[1][~padding])
+            outputs.append(model.pooled_tokens(tokens, padding)[0][~padding])
     centre = torch.cat(outputs).double().mean(dim=0).float()
     assert float(centre.norm()) > 0.1
     torch.testing.assert_close(model.token_center, centre, atol=1e-5, rtol=1e-4)
@@ -114,7 +115,9 @@ def test_tile_vectors_are_pooled_around_the_mean_output_token_of_the_train_tiles
     first = TileDataset(workspace / "dataset.h5")[0]
     with torch.no_grad():
         tokens, _, padding = tokenizer(collate_tiles([first]))
-        out = model.embed(tokens, padding)[1][~padding]
+        pooled, output = model.pooled_tokens(tokens, padding)
+        out = pooled[~padding]
+    assert model.config.pool_layer == 1 and not torch.allclose(out, output[~padding])
     d = out.shape[1]
     np.testing.assert_allclose(vectors[0, :d], (out - centre).mean(dim=0).numpy(), atol=1e-5)
     np.testing.assert_allclose(vectors[0, d:], (out - centre).amax(dim=0).numpy(), atol=1e-5)
@@ -479,6 +482,10 @@ def test_settings_for_ablations_reach_the_config_and_refuse_unknown_keys():
             with_settings(base, [bad])
     with pytest.raises(GjpError, match="model.nosuch: not a model setting"):
         build_model(with_settings(base, ["model.nosuch=1"]), np.zeros((5, 8), np.float32), None)
+    with pytest.raises(GjpError, match=r"--set model: pool_layer=3: give a block count from 0 to depth \(2\)"):
+        build_model(with_settings(base, ["model.pool_layer=3"]), np.zeros((5, 8), np.float32), None)
+    assert build_model(with_settings(base, ["model.pool_layer=null"]), np.zeros((5, 8), np.float32),
+                       None)[2].pool_layer is None
 
 
 def test_balanced_tokens_and_a_share_of_the_tiles_are_settings_a_run_keeps(workspace, run, tmp_path):
@@ -612,8 +619,9 @@ def test_split_entity_tokens_give_each_entity_a_tag_and_a_geometry_token_masked_
 
 
 def test_the_default_preset_is_the_configuration_chosen_on_validation(workspace, run_gjp, tmp_path):
-    """`gjp pretrain` with no --preset is `cpu`: T tokens, balanced, width 384, 32 epochs
-    (issue 14's choice); explicit options and --set override the preset's settings."""
+    """`gjp pretrain` with no --preset is `cpu`: T tokens, balanced, width 384, 32 epochs,
+    tile vectors pooled from the first block's residual stream (issue 14's choice);
+    explicit options and --set override the preset's settings."""
     cpu = GeoJepaTrainConfig.from_preset("cpu", epochs=None, lr=None)
     assert (cpu.balanced_tokens, cpu.epochs, cpu.lr) == (True, 32, GeoJepaTrainConfig().lr)
     assert GeoJepaTrainConfig.from_preset("cpu", epochs=3).epochs == 3
@@ -637,7 +645,8 @@ def test_the_default_preset_is_the_configuration_chosen_on_validation(workspace,
     assert code == 0, err
     saved = json.loads((tmp_path / "default" / "config.json").read_text())
     assert saved["preset"] == "cpu" and saved["train"]["modalities"] == "T" and saved["train"]["balanced_tokens"]
-    assert (saved["model_config"]["dim"], saved["model_config"]["depth"]) == (384, 2)
+    assert (saved["model_config"]["dim"], saved["model_config"]["depth"], saved["model_config"]["pool_layer"]) \
+        == (384, 2, 1)
     code, _, err = run_gjp([*common, "--preset", "tiny", "--set", "balanced_tokens=true", "-o", tmp_path / "tiny"])
     assert code == 0, err
     saved = json.loads((tmp_path / "tiny" / "config.json").read_text())

@@ -1,6 +1,7 @@
 """How a GeoJEPA run's tile vectors should be pooled: retrieval precision@k (`gjp knn
 --eval`'s categories, queries from the validation half, the test half and every tile) of
-variants of one pooling of the target encoder's outputs over a tile's entities:
+variants of one pooling of the run's pooled tokens over a tile's entities (the target
+encoder's outputs, or with the model's ``pool_layer`` its residual stream there):
 
 - ``raw``: [mean ‖ max] of the outputs, as runs before the token centre pooled them;
 - ``mean``, ``max``: one half alone (raw);
@@ -52,7 +53,7 @@ def raw_pooling(run: Path, dataset: Path, batch_size: int = 128) -> dict:
         for start in range(0, len(data), batch_size):
             batch = collate_tiles([data[i] for i in range(start, min(len(data), start + batch_size))])
             tokens, _, padding = tokenizer(batch)
-            _, output = model.embed(tokens, padding)   # the outputs as the encoder gives them
+            output, _ = model.pooled_tokens(tokens, padding)   # uncentred: what the run's tile vectors pool
             pooled = pool_tiles(output, padding).double()
             half = pooled.shape[1] // 2
             means.append(pooled[:, :half])

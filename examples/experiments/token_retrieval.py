@@ -6,8 +6,9 @@ of the run's tokenizer and encoder:
 - ``fused``: the entity tokens after fusing tags and geometry (``EntityFusion``);
 - ``conditioning``: the min-box and modality encoding added to every token, alone;
 - ``tokens``: what the encoder reads (fused + conditioning);
-- ``output``: the target encoder's outputs, the run's tile vectors (as `gjp embed`:
-  centred on the run's token centre before pooling).
+- ``output``: the run's tile vectors, as `gjp embed` makes them: the target encoder's
+  outputs (or with the model's ``pool_layer`` its residual stream there), centred on the
+  run's token centre before pooling; its norm is the outputs'.
 
 Also each stage's mean token norm, since a large addend drowns the others.
 

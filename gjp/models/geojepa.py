@@ -14,10 +14,10 @@ conditions ``c`` [B,T,d], padding, a context mask [B,T] and K target masks [B,K,
    β_v · (VICReg variance + covariance) of the predictions and of the context outputs.
 
 :meth:`GeoJepa.embed` is how a tile becomes a vector after training: the target encoder
-over all its real tokens, centred on ``token_center`` (the mean output token over the
-pretraining tiles, which pretraining measures once it ends), then [mean ‖ max] over those
-tokens only (never padding), so a tile's vector does not depend on its batch. Imports
-torch only.
+over all its real tokens (its output, or with ``pool_layer`` its residual stream after that
+many blocks), centred on ``token_center`` (the mean of those tokens over the pretraining
+tiles, which pretraining measures once it ends), then [mean ‖ max] over those tokens only
+(never padding), so a tile's vector does not depend on its batch. Imports torch only.
 """
 
 from __future__ import annotations
@@ -43,6 +43,15 @@ class GeoJepaConfig:
     predictor_heads: int = 6
     smooth_l1_beta: float = 1.0
     vicreg_beta: float = 0.02
+    # The tokens a tile vector pools: None, the target encoder's output (after its final
+    # norm); k, its residual stream after k blocks, before any norm (0: its input tokens).
+    pool_layer: int | None = None
+
+    def __post_init__(self):
+        if self.pool_layer is not None and not (isinstance(self.pool_layer, int)
+                                                and 0 <= self.pool_layer <= self.depth):
+            raise ValueError(f"pool_layer={self.pool_layer!r}: give a block count from 0 to depth "
+                             f"({self.depth}), or null for the encoder's output")
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GeoJepaConfig:
@@ -56,10 +65,13 @@ class GeoJepaConfig:
 
 #: ``tiny`` for CPU tests and the demo; ``cpu`` is ``tiny`` at width 384 (the size issue 14's
 #: experiment chose on validation; its training settings are in gjp.pretrain.geojepa.PRESET_TRAINING);
-#: ``base`` is the thesis's model.
+#: both pool the first block's residual stream, which retrieves better than the output
+#: (docs/experiments/2026-12-03.md); ``base`` is the thesis's model.
 PRESETS = {
-    "tiny": {"dim": 64, "depth": 2, "heads": 4, "predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 4},
-    "cpu": {"dim": 384, "depth": 2, "heads": 4, "predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 4},
+    "tiny": {"dim": 64, "depth": 2, "heads": 4, "predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 4,
+             "pool_layer": 1},
+    "cpu": {"dim": 384, "depth": 2, "heads": 4, "predictor_dim": 32, "predictor_depth": 1, "predictor_heads": 4,
+            "pool_layer": 1},
     "small": {"dim": 192, "depth": 6, "heads": 6, "predictor_dim": 96, "predictor_depth": 2, "predictor_heads": 4},
     "base": {"dim": 384, "depth": 12, "heads": 8, "predictor_dim": 192, "predictor_depth": 4, "predictor_heads": 6},
 }
@@ -130,11 +142,18 @@ class GeoJepa(nn.Module):
         ema_update(self.target_encoder, self.context_encoder, momentum)
 
     @torch.no_grad()
-    def embed(self, tokens, padding) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tile vectors [B, 2d] = [mean ‖ max] over real tokens centred on ``token_center``,
+    def pooled_tokens(self, tokens, padding) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the tokens [B,T,d] a tile vector pools, before centring — see ``pool_layer`` —,
         token outputs [B,T,d] as the target encoder gives them)."""
-        out = self.target_encoder(tokens, padding)
-        return pool_tiles(out - self.token_center.to(out.dtype), padding), out
+        out, hidden = self.target_encoder.outputs(tokens, padding, self.config.pool_layer)
+        return (out if hidden is None else hidden), out
+
+    @torch.no_grad()
+    def embed(self, tokens, padding) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tile vectors [B, 2d] = [mean ‖ max] over real pooled tokens centred on
+        ``token_center``, token outputs [B,T,d] as the target encoder gives them)."""
+        pooled, out = self.pooled_tokens(tokens, padding)
+        return pool_tiles(pooled - self.token_center.to(pooled.dtype), padding), out
 
 
 def _center_defaults_to_zero(module, state_dict, prefix, *_):

@@ -70,6 +70,12 @@ class Encoder(nn.Module):
             nn.init.trunc_normal_(self.registers, std=0.02)
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        return self.outputs(x, padding)[0]
+
+    def outputs(self, x: torch.Tensor, padding: torch.Tensor | None = None,
+                layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the output ``[B, T, dim]``, after the final norm; the residual stream after
+        ``layer`` blocks, before any norm — ``x`` itself at 0 —, or None when not asked)."""
         b, t, _ = x.shape
         r = self.config.registers
         if r:
@@ -78,6 +84,9 @@ class Encoder(nn.Module):
                 padding = torch.cat([padding.new_zeros(b, r), padding], dim=1)
         # [B, 1, 1, T]: every query may attend to every real key
         attend = None if padding is None else ~padding[:, None, None, :]
-        for block in self.blocks:
+        hidden = x if layer == 0 else None
+        for i, block in enumerate(self.blocks, start=1):
             x = block(x, attend)
-        return self.norm(x)[:, r:]
+            if i == layer:
+                hidden = x
+        return self.norm(x)[:, r:], None if hidden is None else hidden[:, r:]

@@ -194,7 +194,7 @@ def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_d
     (a GeoJepaConfig) instead of the preset's, when a saved run is rebuilt."""
     import torch
 
-    from gjp.models.geojepa import GeoJepa, GeoJepaConfig
+    from gjp.models.geojepa import PRESETS, GeoJepa, GeoJepaConfig
     from gjp.models.tokenizers import GeometryTokens, ImageTokens, TagTokens, TileTokenizer
 
     torch.manual_seed(config.seed)
@@ -202,7 +202,7 @@ def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_d
         try:
             model_config = GeoJepaConfig.preset(config.preset, **{"registers": config.registers, **config.model})
         except ValueError as err:
-            raise GjpError(f"--preset: {err}") from None
+            raise GjpError(f"{'--set model' if config.preset in PRESETS else '--preset'}: {err}") from None
         except TypeError:
             unknown = sorted(set(config.model) - set(GeoJepaConfig.__dataclass_fields__))
             raise GjpError(f"--set model.{unknown[0]}: not a model setting (choose from "
@@ -612,7 +612,8 @@ def _training_state(step_module, optimiser, step: int) -> dict:
 
 
 def _token_center(step_module, dataset, config: GeoJepaTrainConfig, device, ranks, reporter: Reporter):
-    """The mean output token of the trained target encoder over the real tokens of the train
+    """The mean pooled token (``GeoJepa.pooled_tokens``: the output, or the residual stream
+    at ``pool_layer``) of the trained target encoder over the real tokens of the train
     tiles (a seeded sample of at most :data:`CENTER_TILES`, each process its share), read as
     ``gjp embed`` reads them: whole tiles, eval mode, no mask, crop or noise. Batches hold at
     most ``batch_size`` tiles and :data:`CENTER_BATCH_ENTITIES` entity slots, so memory is
@@ -639,7 +640,7 @@ def _token_center(step_module, dataset, config: GeoJepaTrainConfig, device, rank
                 stop += 1
             batch = to_device(collate_tiles([dataset[int(i)] for i in sample[start:stop]]), device)
             tokens, _, padding = tokenizer(batch)
-            out = step_module.model.target_encoder(tokens, padding)[~padding]
+            out = step_module.model.pooled_tokens(tokens, padding)[0][~padding]
             total += out.double().sum(dim=0).cpu()
             tokens_seen += len(out)
             bar.update(stop - start)
