@@ -574,6 +574,14 @@ def test_the_pooling_diagnostic_scores_each_variant_on_each_query_half(workspace
                               str(tmp_path / "none.h5")], capture_output=True, text=True)
     assert missing.returncode == 2 and "none.h5" in missing.stderr and "Traceback" not in missing.stderr
 
+    # --pool-layer names the layer the run pools (tiny: 1) → the same uncentred rows
+    same = subprocess.run([sys.executable, str(script), str(run), str(workspace), "-k", "2", "--pool-layer", "1"],
+                          capture_output=True, text=True, check=True).stdout.splitlines()
+    assert same[2:5] == out[2:5]   # raw, mean, max
+    deep = subprocess.run([sys.executable, str(script), str(run), str(workspace), "--pool-layer", "3"],
+                          capture_output=True, text=True)
+    assert deep.returncode == 2 and "--pool-layer: pool_layer=3" in deep.stderr and "Traceback" not in deep.stderr
+
 
 def test_split_entity_tokens_give_each_entity_a_tag_and_a_geometry_token_masked_together(workspace, tmp_path):
     """entity_tokens=split: an entity is its tag token and its geometry token (own modality

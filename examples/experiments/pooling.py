@@ -3,19 +3,22 @@
 variants of one pooling of the run's pooled tokens over a tile's entities (the target
 encoder's outputs, or with the model's ``pool_layer`` its residual stream there):
 
-- ``raw``: [mean ‖ max] of the outputs, as runs before the token centre pooled them;
+- ``raw``: [mean ‖ max] of the pooled tokens, as runs before the token centre pooled them;
 - ``mean``, ``max``: one half alone (raw);
 - ``tile-centred``: raw less the mean raw tile vector of the pretraining tiles;
 - ``tile-standardised``: the same, also divided by the pretraining tiles' sd;
-- ``token-centred``: [mean ‖ max] of the outputs less the run's ``token_center``, its mean
-  output token over the pretraining tiles (what `gjp embed` computes);
+- ``token-centred``: [mean ‖ max] of the pooled tokens less the run's ``token_center``, its
+  mean pooled token over the pretraining tiles (what `gjp embed` computes);
 - ``token-standardised``: the same, also divided by the pretraining tokens' sd;
 - ``max token-centred``: the centred max alone.
 
 Every variant is an affine map of the raw mean and max (a shift and a scale per dimension
 commute with both), so one pass over each dataset gives them all. Choose on ``val``.
+``--pool-layer`` pools another layer's tokens than the run's (a block count, 0 for the
+encoder's input tokens, or ``output``); the token centre is then that layer's mean token over
+the pretraining tiles, measured in this pass, since the run saved its own layer's only.
 
-    python examples/experiments/pooling.py RUN_DIR EVAL_DIR [--train-dataset H5] [-k 8]
+    python examples/experiments/pooling.py RUN_DIR EVAL_DIR [--train-dataset H5] [-k 8] [--pool-layer K]
 
 EVAL_DIR holds ``dataset.h5`` and ``tasks/splits.csv``; the pretraining dataset is the
 run's own unless given. A diagnostic for experiments: it holds every tile's pooled vector
@@ -25,6 +28,7 @@ in memory (tiles × 2d floats per variant), meant for regions of thousands of ti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -42,27 +46,32 @@ from gjp.models.geojepa import pool_tiles
 QUERY_SETS = ("val", "test", None)   # None: every tile asks
 
 
-def raw_pooling(run: Path, dataset: Path, batch_size: int = 128) -> dict:
+RUN_LAYER = "run"   # pool the layer the run was trained to pool
+
+
+def raw_pooling(run: Path, dataset: Path, batch_size: int = 128, pool_layer: int | None | str = RUN_LAYER) -> dict:
     """One pass of a run's target encoder over a dataset: every tile's raw mean and max of
-    its outputs ``[N, d]`` each, the tile names, and the sum, the sum of squares and the
-    count of its real output tokens (for the token sd); and the run's token centre."""
+    its pooled tokens ``[N, d]`` each, the tile names, the sd of its real pooled tokens, and
+    the token centre: the run's own, or with another ``pool_layer`` the mean measured here."""
     tokenizer, model, _ = load_geojepa(run)
+    if pool_layer != RUN_LAYER:
+        model.config = dataclasses.replace(model.config, pool_layer=pool_layer)
     data = TileDataset(dataset)
     means, maxes, total, squares, count = [], [], 0.0, 0.0, 0
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             batch = collate_tiles([data[i] for i in range(start, min(len(data), start + batch_size))])
             tokens, _, padding = tokenizer(batch)
-            output, _ = model.pooled_tokens(tokens, padding)   # uncentred: what the run's tile vectors pool
-            pooled = pool_tiles(output, padding).double()
+            tokens, _ = model.pooled_tokens(tokens, padding)   # uncentred: what the run's tile vectors pool
+            pooled = pool_tiles(tokens, padding).double()
             half = pooled.shape[1] // 2
             means.append(pooled[:, :half])
             maxes.append(pooled[:, half:])
-            real = output[~padding].double()
+            real = tokens[~padding].double()
             total, squares, count = total + real.sum(0), squares + (real ** 2).sum(0), count + len(real)
+    centre = model.token_center.double() if pool_layer == RUN_LAYER else total / count
     return {"mean": torch.cat(means).numpy(), "max": torch.cat(maxes).numpy(), "names": list(data.names),
-            "centre": model.token_center.double().numpy(), "token_sd": ((squares / count - (total / count) ** 2)
-                                                                .clamp(min=0).sqrt()).numpy()}
+            "centre": centre.numpy(), "token_sd": (squares / count - (total / count) ** 2).clamp(min=0).sqrt().numpy()}
 
 
 def variants(train: dict, evaluation: dict) -> dict[str, np.ndarray]:
@@ -85,12 +94,22 @@ def main() -> None:
     parser.add_argument("evaluation", type=Path, help="the evaluation workspace: dataset.h5, tasks/splits.csv")
     parser.add_argument("--train-dataset", type=Path, default=None, help="[default: the run's pretraining dataset]")
     parser.add_argument("-k", type=int, default=8)
+    parser.add_argument("--pool-layer", default=RUN_LAYER, metavar="K",
+                        help="pool this many blocks' residual stream, or 'output' [default: the run's pool_layer]")
     args = parser.parse_args()
+    layer = args.pool_layer
+    if layer not in (RUN_LAYER, "output") and not layer.isdigit():
+        parser.error(f"--pool-layer {layer!r}: give a block count or 'output'")
+    layer = None if layer == "output" else int(layer) if layer != RUN_LAYER else layer
     train_dataset = args.train_dataset or Path(json.loads((args.run / "config.json").read_text())["train"]["dataset"])
     if not train_dataset.exists():  # a run keeps its dataset as named where it ran
         parser.error(f"{train_dataset}: the run's pretraining dataset is not here; give --train-dataset")
     dataset, splits = args.evaluation / "dataset.h5", args.evaluation / "tasks" / "splits.csv"
-    train, evaluation = raw_pooling(args.run, train_dataset), raw_pooling(args.run, dataset)
+    try:
+        train = raw_pooling(args.run, train_dataset, pool_layer=layer)
+    except ValueError as err:   # a block count beyond the model's depth
+        parser.error(f"--pool-layer: {err}")
+    evaluation = raw_pooling(args.run, dataset, pool_layer=layer)
     print(f"| {args.run.name}: pooling | p@{args.k} val queries | test queries | every query |\n|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as scratch:
         for name, vectors in variants(train, evaluation).items():

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from gjp.models.objective import ema_update, prediction_loss, vicreg_terms
+from gjp.models.presets import preset_settings
 from gjp.models.transformer import Encoder, TransformerConfig
 
 
@@ -55,9 +56,7 @@ class GeoJepaConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GeoJepaConfig:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**preset_settings(PRESETS, name), **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -38,6 +38,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # torch-geometric's import calls torch.jit.script
     from torch_geometric.utils import scatter
 
+from gjp.models.presets import preset_settings
+
 EDGE_TYPES = 2  # geometry, visibility
 
 
@@ -50,10 +52,7 @@ class PolygonEncoderConfig:
 
     @classmethod
     def preset(cls, name: str) -> PolygonEncoderConfig:
-        try:
-            return cls(**PRESETS[name])
-        except KeyError:
-            raise ValueError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+        return cls(**preset_settings(PRESETS, name))
 
     def to_dict(self) -> dict:
         return asdict(self)

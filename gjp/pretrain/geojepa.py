@@ -194,15 +194,18 @@ def build_model(config: GeoJepaTrainConfig, tag_table, geometry_encoder, image_d
     (a GeoJepaConfig) instead of the preset's, when a saved run is rebuilt."""
     import torch
 
-    from gjp.models.geojepa import PRESETS, GeoJepa, GeoJepaConfig
+    from gjp.models.geojepa import GeoJepa, GeoJepaConfig
+    from gjp.models.presets import UnknownPresetError
     from gjp.models.tokenizers import GeometryTokens, ImageTokens, TagTokens, TileTokenizer
 
     torch.manual_seed(config.seed)
     if model_config is None:
         try:
             model_config = GeoJepaConfig.preset(config.preset, **{"registers": config.registers, **config.model})
-        except ValueError as err:
-            raise GjpError(f"{'--set model' if config.preset in PRESETS else '--preset'}: {err}") from None
+        except UnknownPresetError as err:
+            raise GjpError(f"--preset: {err}") from None
+        except ValueError as err:  # a known preset, with an override it refuses
+            raise GjpError(f"--set model: {err}") from None
         except TypeError:
             unknown = sorted(set(config.model) - set(GeoJepaConfig.__dataclass_fields__))
             raise GjpError(f"--set model.{unknown[0]}: not a model setting (choose from "

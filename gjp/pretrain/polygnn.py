@@ -195,6 +195,7 @@ def _pretrain(output, config, device, overwrite, reporter) -> PretrainReport:
 
     from gjp.device import autocast, resolve_device
     from gjp.models.polygnn import PolygonEncoder, PolygonEncoderConfig
+    from gjp.models.presets import UnknownPresetError
 
     config = config or PolygnnTrainConfig()
     output = Path(output)
@@ -203,7 +204,7 @@ def _pretrain(output, config, device, overwrite, reporter) -> PretrainReport:
     check_output_free(output, overwrite, directory=True)
     try:  # before the data: a wrong preset should not wait for a dataset's read
         model_config = PolygonEncoderConfig.preset(config.preset)
-    except ValueError as err:
+    except UnknownPresetError as err:
         raise GjpError(f"--preset: {err}") from None
     device = resolve_device(device)
     started = time.perf_counter()
