@@ -544,10 +544,11 @@ def embed_tags_cmd(dataset, output, model, descriptions, batch_size, device, ove
 @click.option("--resume", is_flag=True, help="geojepa: continue an interrupted run from its last finished epoch.")
 @click.option("--preset", type=click.Choice(["cpu", "tiny", "small", "base"]), default=None,
               help="Model size and training defaults [default: geojepa cpu, polygnn tiny]. geojepa cpu: depth 2, "
-                   "width 384, balanced tokens, 32 epochs (chosen on validation, docs/experiments/2026-12-02d.md); "
+                   "width 384, balanced tokens, 64 epochs, tile vectors pooled after block 1 (chosen on validation, "
+                   "docs/experiments/2026-12-03.md; --epochs 32 for half the time); "
                    "tiny: depth 2, width 64 (tests and the demo); base: the thesis's model.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="[default: geojepa the preset's (cpu 32, others 10), polygnn 20]")
+              help="[default: geojepa the preset's (cpu 64, others 10), polygnn 20]")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: geojepa 32 tiles, polygnn 64 entities]")
 @click.option("--lr", type=FiniteFloat(0, low_open=True), default=None, help="Peak learning rate [default: geojepa 5e-4, polygnn 3e-3].")
 @click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True,

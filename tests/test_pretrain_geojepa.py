@@ -627,11 +627,11 @@ def test_split_entity_tokens_give_each_entity_a_tag_and_a_geometry_token_masked_
 
 
 def test_the_default_preset_is_the_configuration_chosen_on_validation(workspace, run_gjp, tmp_path):
-    """`gjp pretrain` with no --preset is `cpu`: T tokens, balanced, width 384, 32 epochs,
+    """`gjp pretrain` with no --preset is `cpu`: T tokens, balanced, width 384, 64 epochs,
     tile vectors pooled from the first block's residual stream (issue 14's choice);
     explicit options and --set override the preset's settings."""
     cpu = GeoJepaTrainConfig.from_preset("cpu", epochs=None, lr=None)
-    assert (cpu.balanced_tokens, cpu.epochs, cpu.lr) == (True, 32, GeoJepaTrainConfig().lr)
+    assert (cpu.balanced_tokens, cpu.epochs, cpu.lr) == (True, 64, GeoJepaTrainConfig().lr)
     assert GeoJepaTrainConfig.from_preset("cpu", epochs=3).epochs == 3
     tiny = GeoJepaTrainConfig.from_preset("tiny")
     assert (tiny.balanced_tokens, tiny.epochs) == (False, GeoJepaTrainConfig().epochs)
