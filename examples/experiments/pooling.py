@@ -49,6 +49,15 @@ QUERY_SETS = ("val", "test", None)   # None: every tile asks
 RUN_LAYER = "run"   # pool the layer the run was trained to pool
 
 
+def pool_layer_argument(text: str) -> int | None | str:
+    """``--pool-layer``: a block count, ``output`` (None: the encoder's output), or the run's own."""
+    if text == "output":
+        return None
+    if text == RUN_LAYER or text.isdigit():
+        return text if text == RUN_LAYER else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: give a block count or 'output'")
+
+
 def raw_pooling(run: Path, dataset: Path, batch_size: int = 128, pool_layer: int | None | str = RUN_LAYER) -> dict:
     """One pass of a run's target encoder over a dataset: every tile's raw mean and max of
     its pooled tokens ``[N, d]`` each, the tile names, the sd of its real pooled tokens, and
@@ -94,13 +103,10 @@ def main() -> None:
     parser.add_argument("evaluation", type=Path, help="the evaluation workspace: dataset.h5, tasks/splits.csv")
     parser.add_argument("--train-dataset", type=Path, default=None, help="[default: the run's pretraining dataset]")
     parser.add_argument("-k", type=int, default=8)
-    parser.add_argument("--pool-layer", default=RUN_LAYER, metavar="K",
+    parser.add_argument("--pool-layer", type=pool_layer_argument, default=RUN_LAYER, metavar="K",
                         help="pool this many blocks' residual stream, or 'output' [default: the run's pool_layer]")
     args = parser.parse_args()
     layer = args.pool_layer
-    if layer not in (RUN_LAYER, "output") and not layer.isdigit():
-        parser.error(f"--pool-layer {layer!r}: give a block count or 'output'")
-    layer = None if layer == "output" else int(layer) if layer != RUN_LAYER else layer
     train_dataset = args.train_dataset or Path(json.loads((args.run / "config.json").read_text())["train"]["dataset"])
     if not train_dataset.exists():  # a run keeps its dataset as named where it ran
         parser.error(f"{train_dataset}: the run's pretraining dataset is not here; give --train-dataset")
